@@ -1,0 +1,210 @@
+"""Plugin manager: built-ins and third-party plugins through one entry-point group.
+
+Each entry point is loaded on its own and each hook implementation is called on its own, so
+an import error or a raising hook is pinned to its plugin, kept with its traceback, and never
+stops the others. `strict=True` (CI) turns any such failure into an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import pluggy
+
+from . import api, hookspecs
+
+GROUP = "lowdim_bench"
+BUILTIN_DIST = "lowdim-bench"
+ENV_ALLOW = "LOWDIM_BENCH_PLUGINS"
+
+
+class PluginLoadError(Exception):
+    """Strict mode: at least one plugin failed to load."""
+
+
+class UnknownName(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    dist: str | None = None
+    version: str | None = None
+    status: str = "ok"  # ok | broken | skipped
+    error: str | None = None
+    provides: list[str] = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        return self.dist == BUILTIN_DIST
+
+
+@dataclass
+class Provided:
+    """A registered method, task or metric class and where it came from."""
+
+    cls: type
+    plugin: PluginInfo
+    code_version: str
+
+
+def code_version(cls: type, plugin: PluginInfo) -> str:
+    """Distribution version plus a hash of the defining module's source.
+
+    The hash makes cache and resume keys change when built-in code changes without a release.
+    """
+    try:
+        src = inspect.getsource(sys.modules[cls.__module__])
+        digest = hashlib.sha256(src.encode()).hexdigest()[:10]
+    except (OSError, TypeError, KeyError):
+        digest = "nosource"
+    return f"{plugin.version or '0'}+{digest}"
+
+
+def _allow_list() -> set[str] | None:
+    raw = os.environ.get(ENV_ALLOW)
+    if raw is None:
+        return None
+    return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+class Registry:
+    """What the loaded plugins provide. Build with `Registry.load()` or `Registry.from_objects()`."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.methods: dict[str, Provided] = {}
+        self.tasks: dict[str, Provided] = {}
+        self.metrics: dict[str, Provided] = {}
+        self.suite_dirs: list[Path] = []
+
+    # ---- building -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, strict: bool = False, allow: Iterable[str] | None = None) -> "Registry":
+        """Load every entry point of the group. `allow` (or LOWDIM_BENCH_PLUGINS) limits
+        third-party plugins by entry-point or distribution name; built-ins always load."""
+        reg = cls()
+        allowed = set(allow) if allow is not None else _allow_list()
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else None
+            info = PluginInfo(name=ep.name, module=ep.value, dist=dist, version=ep.dist.version if ep.dist else None)
+            if ep.name in reg.plugins:
+                info.name = f"{ep.name}@{dist}"
+            if allowed is not None and not info.builtin and not ({ep.name, dist} & allowed):
+                info.status = "skipped"
+                info.error = f"not in {ENV_ALLOW}"
+                reg.plugins[info.name] = info
+                continue
+            try:
+                obj = ep.load()
+            except BaseException:  # a plugin may even call sys.exit on import
+                reg._broken(info, f"import of {ep.value!r} failed:\n{traceback.format_exc()}")
+                continue
+            reg._add(obj, info)
+        reg._collect()
+        if strict:
+            reg.raise_if_broken()
+        return reg
+
+    @classmethod
+    def from_objects(cls, plugins: dict[str, Any], dist: str | None = BUILTIN_DIST, version: str = "0") -> "Registry":
+        """A registry from hookimpl objects, for tests: no entry points involved."""
+        reg = cls()
+        for name, obj in plugins.items():
+            reg._add(obj, PluginInfo(name=name, module=getattr(obj, "__name__", type(obj).__name__), dist=dist, version=version))
+        reg._collect()
+        return reg
+
+    def _broken(self, info: PluginInfo, error: str) -> None:
+        info.status = "broken"
+        info.error = (info.error + "\n" if info.error else "") + error
+        self.plugins[info.name] = info
+
+    def _add(self, obj: Any, info: PluginInfo) -> None:
+        self.plugins[info.name] = info
+        try:
+            self.pm.register(obj, name=info.name)
+        except Exception:
+            self._broken(info, f"registering failed:\n{traceback.format_exc()}")
+
+    def _collect(self) -> None:
+        """Call each plugin's hooks one by one so a failure is attributed to its plugin."""
+        tables = {"register_methods": ("method", self.methods, api.Method),
+                  "register_tasks": ("task", self.tasks, api.Task),
+                  "register_metrics": ("metric", self.metrics, api.Metric)}
+        for hook_name, (what, table, base) in tables.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                info = self.plugins[impl.plugin_name]
+
+                def register(cls: type, _info=info, _what=what, _table=table, _base=base) -> None:
+                    self._register(cls, _info, _what, _table, _base)
+
+                try:
+                    impl.function(register=register)
+                except Exception:
+                    self._broken(info, f"hook {hook_name} raised:\n{traceback.format_exc()}")
+        for impl in self.pm.hook.suite_paths.get_hookimpls():
+            info = self.plugins[impl.plugin_name]
+            try:
+                for p in impl.function() or []:
+                    self.suite_dirs.append(Path(p))
+                    info.provides.append(f"suites:{p}")
+            except Exception:
+                self._broken(info, f"hook suite_paths raised:\n{traceback.format_exc()}")
+
+    def _register(self, cls: type, info: PluginInfo, what: str, table: dict, base: type) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise api.PluginError(f"register() expects a {base.__name__} subclass, got {cls!r}")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise api.PluginError(f"{cls.__name__} has no `name`")
+        if what == "method":
+            bad = [k for k in cls.supported_kinds() if k not in api.KINDS]
+            if bad:
+                raise api.PluginError(f"method {name!r}: kind(s) {bad} not in {api.KINDS}")
+        if name in table:
+            raise api.PluginError(f"{what} {name!r} is already registered by plugin {table[name].plugin.name!r}")
+        table[name] = Provided(cls=cls, plugin=info, code_version=code_version(cls, info))
+        info.provides.append(f"{what}:{name}")
+
+    # ---- queries --------------------------------------------------------------------------
+    @property
+    def broken(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.status == "broken"]
+
+    def raise_if_broken(self) -> None:
+        if self.broken:
+            lines = [f"plugin {p.name!r} ({p.dist or 'no distribution'}): {p.error}" for p in self.broken]
+            raise PluginLoadError("broken plugin(s) in strict mode:\n" + "\n".join(lines))
+
+    def _lookup(self, table: dict[str, Provided], what: str, name: str) -> Provided:
+        if name not in table:
+            raise UnknownName(f"unknown {what} {name!r}; known: {', '.join(sorted(table)) or 'none'}")
+        return table[name]
+
+    def method(self, name: str) -> Provided:
+        return self._lookup(self.methods, "method", name)
+
+    def task(self, name: str) -> Provided:
+        return self._lookup(self.tasks, "task", name)
+
+    def metric(self, name: str) -> Provided:
+        return self._lookup(self.metrics, "metric", name)
+
+    def suite_files(self) -> list[Path]:
+        files: list[Path] = []
+        for d in self.suite_dirs:
+            files.extend(sorted(d.glob("*.toml")) if d.is_dir() else [d])
+        return files
