@@ -147,6 +147,10 @@ class Method:
     def on_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step (masks, projections, pruning schedules)."""
 
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """The deployed form, measured for FLOPs, latency and memory (e.g. LoRA merged). After training."""
+        return model
+
 
 class Task:
     """A workload: data, model, training recipe and quality metric.
@@ -218,11 +222,16 @@ class Task:
 
 @dataclass
 class MeasureContext:
-    """What a Metric sees: the trained model in its final form and how to exercise it."""
+    """What a Metric sees: the trained model, its deployed form, and how to exercise them.
+
+    `model` is the training form (for training-step figures); `inference_model` is what
+    `Method.for_inference` returned (for forward FLOPs, inference latency and memory).
+    """
 
     task: Task
     method: Method
     model: nn.Module
+    inference_model: nn.Module
     kind: str
     device: torch.device
     protocol: dict[str, Any]

@@ -7,6 +7,7 @@ stops the others. `strict=True` (CI) turns any such failure into an error.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import os
 import sys
@@ -23,6 +24,7 @@ from . import api, hookspecs
 GROUP = "lowdim_bench"
 BUILTIN_DIST = "lowdim-bench"
 ENV_ALLOW = "LOWDIM_BENCH_PLUGINS"
+ENV_MODULES = "LOWDIM_BENCH_PLUGIN_MODULES"  # importable modules loaded as plugins, uninstalled (like pytest -p)
 
 
 class PluginLoadError(Exception):
@@ -111,6 +113,14 @@ class Registry:
                 obj = ep.load()
             except BaseException:  # a plugin may even call sys.exit on import
                 reg._broken(info, f"import of {ep.value!r} failed:\n{traceback.format_exc()}")
+                continue
+            reg._add(obj, info)
+        for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):
+            info = PluginInfo(name=module, module=module, dist=None, version=None)
+            try:
+                obj = importlib.import_module(module)
+            except BaseException:
+                reg._broken(info, f"import of {module!r} ({ENV_MODULES}) failed:\n{traceback.format_exc()}")
                 continue
             reg._add(obj, info)
         reg._collect()

@@ -1,0 +1,229 @@
+"""`lowdim-bench`: the headless entry point (run, list, compare, show).
+
+Exit codes: 0 every cell succeeded, 1 some cell failed, 2 usage or configuration error.
+`lowdim-bench` with no arguments is reserved for the Textual app; this module never imports
+Textual at import time (a test checks it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__, report
+from .registry import PluginLoadError, Registry
+from .run import events as ev
+from .run.runner import run_cells
+from .suite import SuiteError, expand, load_suite
+
+USAGE_ERROR = 2
+
+
+class ProgressPrinter:
+    """Live progress: one rewritten line on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream, self.tty = stream, stream.isatty()
+        self.total = self.done = self.failed = 0
+        self.current = ""
+
+    def __call__(self, e: ev.Event) -> None:
+        if isinstance(e, ev.RunStarted):
+            self.total, self.done = e.total, e.skipped
+            self.line(f"run {e.run_id}: {e.total} cells ({e.skipped} already done) -> {e.run_dir}", keep=True)
+        elif isinstance(e, ev.CellStarted):
+            self.current = e.label
+            if self.tty:
+                self.line(self.status())
+        elif isinstance(e, ev.Progress) and self.tty:
+            loss = f" loss {e.loss:.4g}" if e.loss is not None else ""
+            self.line(f"{self.status()}  {e.stage} {e.step}/{e.steps}{loss}")
+        elif isinstance(e, ev.CellFailed):
+            self.line(f"FAILED {e.label}: {e.reason.splitlines()[0]}", keep=True)
+        elif isinstance(e, ev.CellFinished):
+            self.done += 1
+            self.failed += e.status == "failed"
+            if e.status == "ok":
+                self.line(f"[{self.done}/{self.total}] ok {e.label} ({e.duration_s:.1f} s)", keep=not self.tty)
+        elif isinstance(e, ev.RunFinished):
+            self.line(f"run finished: {e.ok} ok, {e.failed} failed{' (cancelled)' if e.cancelled else ''}", keep=True)
+
+    def status(self) -> str:
+        return f"[{self.done}/{self.total}, {self.failed} failed] {self.current}"
+
+    def line(self, text: str, keep: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if keep else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _csv(kind):
+    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowdim-bench", description="Compare low-dimensional methods on standard suites.")
+    p.add_argument("--version", action="version", version=f"lowdim-bench {__version__}")
+    p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is an error (CI)")
+    sub = p.add_subparsers(dest="command")
+
+    r = sub.add_parser("run", help="run suites headless")
+    r.add_argument("suites", nargs="*", help="suite files, or names of suites the plugins provide")
+    r.add_argument("--methods", type=_csv(str), help="only these methods (comma-separated)")
+    r.add_argument("--tasks", type=_csv(str), help="only these tasks")
+    r.add_argument("--budgets", type=_csv(float), help="override the budgets (fractions, comma-separated)")
+    r.add_argument("--seeds", type=_csv(int), help="override the seeds")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--jobs", type=int, default=1, help="parallel cells on CPU (CUDA: one per device)")
+    r.add_argument("--out", type=Path, default=Path("reports"), help="folder for run folders (default reports/)")
+    r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    r.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cells again")
+    r.add_argument("--timeout", type=float, help="override the per-cell time limit (seconds)")
+    r.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+
+    ls = sub.add_parser("list", help="list plugins, methods, tasks, suites or metrics")
+    ls.add_argument("what", nargs="?", default="methods", choices=["plugins", "methods", "tasks", "suites", "metrics"])
+
+    c = sub.add_parser("compare", help="per-metric deltas between two runs")
+    c.add_argument("a", type=Path)
+    c.add_argument("b", type=Path)
+    c.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+
+    s = sub.add_parser("show", help="print a run's comparison table")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    return p
+
+
+def _print_summary(s, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(s.to_dicts(), default=str, indent=1))
+    elif fmt == "markdown":
+        print(report.render_markdown(s))
+    else:
+        print(report.render_table(s))
+
+
+def resolve_suite(name: str, registry: Registry) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    for f in registry.suite_files():
+        if f.stem == name or f.name == name:
+            return f
+    known = ", ".join(sorted(f.stem for f in registry.suite_files())) or "none"
+    raise SuiteError(f"{name}: no such suite file, and no plugin provides a suite of that name; known: {known}")
+
+
+def cmd_run(args, registry: Registry) -> int:
+    if args.resume:
+        if args.suites:
+            raise SuiteError("--resume takes the run folder only; the suite comes from it")
+        results = [run_cells([], {}, registry, resume=args.resume, device=args.device, jobs=args.jobs,
+                             listeners=[ProgressPrinter()], retry_failed=args.retry_failed)]
+    else:
+        if not args.suites:
+            raise SuiteError("name at least one suite, e.g. `lowdim-bench run suites/smoke.toml`")
+        plans = []
+        for name in args.suites:
+            suite = load_suite(resolve_suite(name, registry), registry)
+            if args.budgets:
+                suite.budgets = args.budgets
+                suite.methods = [replace(m, budgets=[]) for m in suite.methods]
+            if args.seeds:
+                suite.seeds = args.seeds
+            if args.timeout:
+                suite.timeout_s = args.timeout
+            cells = expand(suite, registry, device="cpu" if args.device == "cpu" else args.device)
+            for flag, attr in ((args.methods, "method"), (args.tasks, "task")):
+                if flag:
+                    known = {getattr(c, attr) for c in cells}
+                    missing = [x for x in flag if x not in known]
+                    if missing:
+                        raise SuiteError(f"--{attr}s: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
+                    cells = [c for c in cells if getattr(c, attr) in flag]
+            meta = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
+            plans.append((cells, meta))
+        results = [run_cells(cells, meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
+                             listeners=[ProgressPrinter()]) for cells, meta in plans]
+    failed = False
+    for res in results:
+        _print_summary(report.summary(report.load(res.run_dir)), args.format)
+        print(f"\nreport: {res.run_dir}/ (records.parquet, summary.csv, summary.md)")
+        failed |= res.failed > 0 or res.cancelled
+    return 1 if failed else 0
+
+
+def cmd_list(args, registry: Registry) -> int:
+    if args.what == "plugins":
+        for p in sorted(registry.plugins.values(), key=lambda p: p.name):
+            src = "built-in" if p.builtin else f"{p.dist or '?'} {p.version or ''}".strip()
+            print(f"{p.name:20} {p.status:8} {src:24} {', '.join(p.provides)}")
+            if p.error:
+                print("    " + p.error.rstrip().replace("\n", "\n    "))
+        return 0
+    if args.what == "suites":
+        for f in registry.suite_files():
+            print(f"{f.stem:20} {f}")
+        return 0
+    table = {"methods": registry.methods, "tasks": registry.tasks, "metrics": registry.metrics}[args.what]
+    for name, prov in sorted(table.items()):
+        cls = prov.cls
+        extra = ""
+        if args.what == "methods":
+            knob = cls.knob.name if cls.knob else "-"
+            extra = f"{'/'.join(cls.supported_kinds()):24} knob={knob:8}"
+        src = "built-in" if prov.plugin.builtin else f"{prov.plugin.dist} {prov.plugin.version}"
+        print(f"{name:16} {extra} {src:20} {cls.description.splitlines()[0] if cls.description else ''}")
+    broken = registry.broken
+    if broken:
+        print(f"\n{len(broken)} plugin(s) failed to load: {', '.join(p.name for p in broken)} "
+              "(see `lowdim-bench list plugins`)", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    c = report.compare(report.load(args.a), report.load(args.b))
+    if args.format == "json":
+        print(json.dumps(c.to_dicts(), default=str, indent=1))
+    elif args.format == "markdown":
+        print(report.render_markdown_compare(c))
+    else:
+        print(report.render_compare(c))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("lowdim-bench: the terminal app is not part of this release yet.\n"
+              "Run a suite headless: lowdim-bench run suites/smoke.toml   (see --help)", file=sys.stderr)
+        return USAGE_ERROR
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return USAGE_ERROR
+    try:
+        if args.command in ("compare", "show"):
+            for d in ([args.a, args.b] if args.command == "compare" else [args.run_dir]):
+                if not (Path(d) / "run.json").exists():
+                    raise SuiteError(f"{d}: not a run folder (no run.json)")
+            if args.command == "compare":
+                return cmd_compare(args)
+            _print_summary(report.summary(report.load(args.run_dir)), args.format)
+            return 0
+        registry = Registry.load(strict=args.strict_plugins)
+        if args.command == "list":
+            return cmd_list(args, registry)
+        return cmd_run(args, registry)
+    except (SuiteError, PluginLoadError, FileNotFoundError, ValueError) as e:
+        print(f"lowdim-bench: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

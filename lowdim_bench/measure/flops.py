@@ -1,0 +1,268 @@
+"""FLOP counts at the ATen level: torch's FlopCounterMode plus formulas for the ops it misses.
+
+FLOPs = 2 x multiply-accumulates of matmul, convolution and attention kernels, for one whole
+call (all samples of the batch); divide by the batch size for per-sample figures. Bias adds,
+elementwise ops, norms and softmax are not counted.
+
+Why our own formulas (torch 2.13, CPU; see docs/measurement.md, "FLOPs"):
+- a sparse operand of mm/addmm/bmm is counted by torch as the dense product, and
+  torch.sparse.mm (aten._sparse_addmm) is not counted at all: we count 2 x nnz x N;
+- CPU attention (aten._scaled_dot_product_flash_attention_for_cpu and its backward) counts 0:
+  we count it like torch counts the other fused attention kernels.
+The formulas read the raw tensors (get_raw), because nnz is not in a shape.
+
+Executed vs ideal: `executed` is what the kernels did. A module whose kernels do more than its
+math needs (an SLTrain layer rebuilding a dense W each call) declares `ideal_flops(*inputs)`,
+and optionally `ideal_backward_flops(*inputs)`; `ideal` swaps its executed share for those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
+
+
+@dataclass
+class FlopCount:
+    """FLOPs of one call (whole batch). by_module: executed per top-level child module."""
+
+    executed: int
+    ideal: int
+    by_module: dict[str, int] = field(default_factory=dict)
+    opt_einsum: bool = False
+
+
+def opt_einsum_active() -> bool:
+    """Whether torch.einsum plans its contraction path with opt_einsum (changes the count)."""
+    backend = torch.backends.opt_einsum
+    return bool(backend.is_available() and backend.enabled)
+
+
+# ---- formulas for the holes -------------------------------------------------------------
+
+def _is_sparse(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.layout != torch.strided
+
+
+def nnz(t: torch.Tensor) -> int:
+    """Stored elements of a sparse tensor (blocks count all their elements)."""
+    return (t._values() if t.layout == torch.sparse_coo else t.values()).numel()
+
+
+def _coo_indices(t: torch.Tensor) -> torch.Tensor:
+    return (t if t.layout == torch.sparse_coo else t.to_sparse_coo())._indices()
+
+
+def _sparse_sparse_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Exact products of sparse (M,K) @ sparse (K,N): sum over k of nnz(a[:,k]) * nnz(b[k,:])."""
+    k = a.shape[-1]
+    per_col = torch.bincount(_coo_indices(a)[1], minlength=k)
+    per_row = torch.bincount(_coo_indices(b)[0], minlength=k)
+    return 2 * int((per_col * per_row).sum())
+
+
+def matmul_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    """2 x MACs of a @ b for 2-D or batched 3-D operands, counting a sparse side by its nnz."""
+    if _is_sparse(a) and _is_sparse(b) and a.dim() == 2:
+        return _sparse_sparse_flops(a, b)
+    if _is_sparse(a):
+        return 2 * nnz(a) * b.shape[-1]
+    if _is_sparse(b):
+        return 2 * a.shape[-2] * nnz(b)
+    batch = a.shape[0] if a.dim() == 3 else 1
+    return 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+
+
+def _mm(a, b, *args, out_val=None, **kwargs) -> int:
+    return matmul_flops(a, b)
+
+
+def _addmm(bias, a, b, *args, out_val=None, **kwargs) -> int:
+    return matmul_flops(a, b)
+
+
+def _sampled_addmm(mask, a, b, *args, out_val=None, **kwargs) -> int:
+    """a @ b evaluated only where the sparse mask has entries."""
+    return 2 * nnz(mask) * a.shape[-1]
+
+
+def attention_flops(q_shape, k_shape, v_shape) -> int:
+    """Q K^T then P V, per query head (grouped K/V heads are broadcast); no causal discount."""
+    b, h, lq, d = q_shape
+    lk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * h * lq * lk * (d + dv)
+
+
+def attention_backward_flops(q_shape, k_shape, v_shape) -> int:
+    """Fused-kernel backward: recompute Q K^T, then dP, dV, dQ, dK (as torch counts flash)."""
+    b, h, lq, d = q_shape
+    lk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * h * lq * lk * (3 * d + 2 * dv)
+
+
+def _sdpa_cpu(q, k, v, *args, out_val=None, **kwargs) -> int:
+    return attention_flops(q.shape, k.shape, v.shape)
+
+
+def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_val=None, **kwargs) -> int:
+    return attention_backward_flops(q.shape, k.shape, v.shape)
+
+
+def _raw(fn: Callable[..., int]) -> Callable[..., int]:
+    fn._get_raw = True  # FlopCounterMode then passes tensors, not shapes
+    return fn
+
+
+def flop_mapping() -> dict[Any, Callable[..., int]]:
+    """custom_mapping for FlopCounterMode: sparse-aware matmuls and CPU attention."""
+    mapping = {
+        aten.mm: _mm,
+        aten.bmm: _mm,
+        aten.addmm: _addmm,
+        aten.baddbmm: _addmm,
+        aten._sparse_addmm: _addmm,
+        aten.sspaddmm: _addmm,
+        aten.hspmm: _mm,
+        aten._sparse_sparse_matmul: _mm,
+        aten.sparse_sampled_addmm: _sampled_addmm,
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+    }
+    return {op: _raw(fn) for op, fn in mapping.items()}
+
+
+def make_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode with our formulas installed."""
+    return FlopCounterMode(display=False, custom_mapping=flop_mapping())
+
+
+# ---- ideal FLOPs: modules that declare what their math needs ------------------------------
+
+@dataclass
+class _Call:
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    executed: int  # forward FLOPs of the module's subtree during this call
+
+
+class _IdealHooks:
+    """Records each outermost call of a module that defines `ideal_flops` and its executed share."""
+
+    def __init__(self, model: nn.Module, counter: FlopCounterMode) -> None:
+        self.counter = counter
+        self.modules = [m for m in model.modules() if callable(getattr(m, "ideal_flops", None))]
+        self.calls: list[_Call] = []
+        self._depth = 0
+        self._start = 0
+        self._handles: list[Any] = []
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._depth == 0:
+            self._start = self.counter.get_total_flops()
+        self._depth += 1
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            spent = self.counter.get_total_flops() - self._start
+            self.calls.append(_Call(module, args, kwargs, spent))
+
+    def __enter__(self) -> "_IdealHooks":
+        for m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._post, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def ideal(self, executed: int, backward: bool) -> int:
+        """Executed total with each declared module's share swapped for its ideal figure."""
+        total = executed
+        with torch.no_grad():
+            for c in self.calls:
+                total += int(c.module.ideal_flops(*c.args, **c.kwargs)) - c.executed
+            if backward:
+                total += self._backward_delta()
+        return total
+
+    def _backward_delta(self) -> int:
+        """Swap executed backward FLOPs (as torch's ModuleTracker attributes them) where declared."""
+        delta = 0
+        for m in {id(c.module): c.module for c in self.calls}.values():
+            ideal_bw = getattr(m, "ideal_backward_flops", None)
+            if not callable(ideal_bw):
+                continue
+            mine = [c for c in self.calls if c.module is m]
+            subtree = _module_flops(self.counter, m, default_name=None)
+            executed_bw = subtree - sum(c.executed for c in mine)
+            delta += sum(int(ideal_bw(*c.args, **c.kwargs)) for c in mine) - executed_bw
+        return delta
+
+
+def _module_flops(counter: FlopCounterMode, module: nn.Module, default_name: str | None) -> int:
+    """FLOPs torch's ModuleTracker attributed to a module (forward and backward)."""
+    known = getattr(counter.mod_tracker, "_known_modules", {})
+    name = known.get(module, default_name)
+    return sum(counter.get_flop_counts().get(name, {}).values()) if name else 0
+
+
+def _by_module(counter: FlopCounterMode, model: nn.Module) -> dict[str, int]:
+    root = type(model).__name__
+    return {
+        name: _module_flops(counter, child, default_name=f"{root}.{name}")
+        for name, child in model.named_children()
+    }
+
+
+# ---- public entry points ------------------------------------------------------------------
+
+def _count(model: nn.Module, run: Callable[[], None], backward: bool) -> FlopCount:
+    counter = make_counter()
+    with _IdealHooks(model, counter) as hooks, counter:
+        run()
+    executed = counter.get_total_flops()
+    return FlopCount(
+        executed=executed,
+        ideal=hooks.ideal(executed, backward=backward),
+        by_module=_by_module(counter, model),
+        opt_einsum=opt_einsum_active(),
+    )
+
+
+def forward_flops(model: nn.Module, inputs: tuple | torch.Tensor) -> FlopCount:
+    """FLOPs of one forward call `model(*inputs)` under no_grad, for the whole batch.
+
+    The model's train/eval mode is left as the caller set it.
+    """
+    args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+
+    def run() -> None:
+        with torch.no_grad():
+            model(*args)
+
+    return _count(model, run, backward=False)
+
+
+def train_step_flops(model: nn.Module, step: Callable[[], torch.Tensor]) -> FlopCount:
+    """FLOPs of `step()` (a forward returning the loss) plus `loss.backward()`; no optimizer.
+
+    Backward is measured, not assumed: frozen weights and inputs that need no gradient cost
+    nothing. Gradients are left accumulated in `.grad`; zero them if the model is reused.
+    """
+
+    def run() -> None:
+        loss = step()
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("train_step_flops: step() must return a scalar loss tensor")
+        loss.backward()
+
+    return _count(model, run, backward=True)

@@ -1,0 +1,235 @@
+"""The record schema (Polars, long format), summaries, the Pareto front and run comparison.
+
+One record = one measured value of one cell. Everything the CLI, the app and the CI gate show
+is derived from records with the functions here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.Utf8, "suite": pl.Utf8, "suite_version": pl.Utf8,
+    "task": pl.Utf8, "method": pl.Utf8, "kind": pl.Utf8, "plugin": pl.Utf8, "plugin_version": pl.Utf8,
+    "config": pl.Utf8, "cell_key": pl.Utf8, "attempt": pl.Utf8,
+    "budget": pl.Float64, "budget_reached": pl.Float64, "knob": pl.Float64, "seed": pl.Int64,
+    "device": pl.Utf8, "metric": pl.Utf8, "phase": pl.Utf8, "batch_size": pl.Int64,
+    "value": pl.Float64, "unit": pl.Utf8, "higher_is_better": pl.Boolean,
+    "status": pl.Utf8, "error": pl.Utf8, "started_at": pl.Utf8, "duration_s": pl.Float64,
+    "torch_version": pl.Utf8, "python_version": pl.Utf8, "device_name": pl.Utf8, "threads": pl.Int64,
+    "git_rev": pl.Utf8,
+}
+GROUP = ["task", "kind", "method", "size"]
+
+
+def to_frame(records: list[dict[str, Any]]) -> pl.DataFrame:
+    rows = [{k: r.get(k) for k in SCHEMA} for r in records]
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def load(run_dir: str | Path) -> pl.DataFrame:
+    """Records of a run: the parquet file when the run finished, else what the store has so far."""
+    run_dir = Path(run_dir)
+    parquet = run_dir / "records.parquet"
+    if parquet.exists():
+        return pl.read_parquet(parquet)
+    from .run.store import RunStore  # local: store imports nothing from here
+
+    return to_frame(RunStore.open(run_dir).records())
+
+
+def column_name(metric: str, phase: str | None, batch_size: int | None) -> str:
+    name = metric if not phase else f"{metric}[{phase}]"
+    return name if batch_size is None else f"{name}@bs{batch_size}"
+
+
+def _with_size(df: pl.DataFrame) -> pl.DataFrame:
+    def size(budget: float | None, knob: float | None) -> str:
+        if budget is not None and not math.isnan(budget):
+            return f"{budget:g}"
+        if knob is not None and not math.isnan(knob):
+            return f"knob {knob:g}"
+        return "full"
+
+    return df.with_columns(pl.struct(["budget", "knob"]).map_elements(
+        lambda s: size(s["budget"], s["knob"]), return_dtype=pl.Utf8).alias("size"))
+
+
+def summary(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per task/kind/method/size: mean over seeds of every metric, quality spread,
+    seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
+    if df.is_empty():
+        return pl.DataFrame()
+    df = _with_size(df)
+    ok = df.filter(pl.col("status") == "ok").with_columns(
+        pl.struct(["metric", "phase", "batch_size"]).map_elements(
+            lambda s: column_name(s["metric"], s["phase"], s["batch_size"]), return_dtype=pl.Utf8).alias("column"))
+    counts = df.group_by(GROUP).agg(
+        pl.col("seed").filter(pl.col("status") == "ok").n_unique().alias("n_seeds"),
+        pl.col("cell_key").filter(pl.col("status") == "failed").n_unique().alias("n_failed"),
+        pl.col("error").filter(pl.col("status") == "failed").first().alias("first_error"),
+    )
+    if ok.is_empty():
+        return counts.sort(GROUP)
+    per_seed = ok.group_by(GROUP + ["seed", "column"]).agg(pl.col("value").mean())
+    wide = per_seed.group_by(GROUP + ["column"]).agg(pl.col("value").mean().alias("mean")).pivot(
+        on="column", index=GROUP, values="mean")
+    spread = per_seed.filter(pl.col("column") == "quality").group_by(GROUP).agg(
+        pl.col("value").std().alias("quality_std"))
+    units = ok.group_by("column").agg(pl.col("unit").first())
+    dirs = ok.filter(pl.col("metric") == "quality").select("task", "higher_is_better").unique("task")
+    out = counts.join(wide, on=GROUP, how="left").join(spread, on=GROUP, how="left")
+    out = out.join(dirs, on="task", how="left").sort(GROUP)
+    out = mark_pareto(out)
+    return out.with_columns(pl.lit(json.dumps(dict(units.iter_rows()))).alias("units"))
+
+
+def mark_pareto(s: pl.DataFrame) -> pl.DataFrame:
+    """Pareto front of quality vs parameters within each task and kind (trainable params for
+    adapt, stored otherwise): a row is on it when no other row is at most as large and better."""
+    if "quality" not in s.columns:
+        return s.with_columns(pl.lit(False).alias("pareto"))
+    flags = []
+    rows = s.to_dicts()
+    for r in rows:
+        pcol = "params_trainable" if r["kind"] == "adapt" else "params_stored"
+        p, q, hib = r.get(pcol), r.get("quality"), r.get("higher_is_better")
+        if p is None or q is None:
+            flags.append(False)
+            continue
+        sign = 1 if hib in (None, True) else -1
+        dominated = False
+        for o in rows:
+            if o is r or o["task"] != r["task"] or o["kind"] != r["kind"]:
+                continue
+            op, oq = o.get(pcol), o.get("quality")
+            if op is None or oq is None:
+                continue
+            if op <= p and sign * oq >= sign * q and (op < p or sign * oq > sign * q):
+                dominated = True
+                break
+        flags.append(not dominated)
+    return s.with_columns(pl.Series("pareto", flags, dtype=pl.Boolean))
+
+
+# ---- display ------------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "*" if v else ""
+    if isinstance(v, float):
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 1e6 or a < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
+    """(column, header) pairs the comparison table shows, in order, those present in the summary."""
+    cols = [("task", "task"), ("kind", "kind"), ("method", "method"), ("size", "budget"),
+            ("budget_reached", "reached"), ("quality", "quality"), ("quality_std", "±"),
+            ("n_seeds", "seeds"), ("params_trainable", "trainable"), ("params_stored", "stored"),
+            ("stored_bytes", "bytes"), ("flops_forward", "FLOPs/sample")]
+    cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in s.columns
+             if c.startswith("latency_p50[inference]@")]
+    cols += [("memory_peak[train_step]", "train peak MiB"), ("pareto", "pareto"), ("n_failed", "failed")]
+    return [(c, h) for c, h in cols if c in s.columns]
+
+
+def _display_value(col: str, v: Any) -> Any:
+    if v is None:
+        return v
+    if col.startswith("latency"):
+        return v * 1e3
+    if col.startswith("memory"):
+        return v / 2**20
+    return v
+
+
+def table_rows(s: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
+    cols = display_columns(s)
+    rows = [[_fmt(_display_value(c, r.get(c))) for c, _ in cols] for r in s.to_dicts()]
+    return [h for _, h in cols], rows
+
+
+def render_table(s: pl.DataFrame) -> str:
+    if s.is_empty():
+        return "(no records)"
+    headers, rows = table_rows(s)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render_markdown(s: pl.DataFrame) -> str:
+    if s.is_empty():
+        return "(no records)\n"
+    headers, rows = table_rows(s)
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "") -> pl.DataFrame:
+    """Write records.parquet, summary.csv and summary.md; return the summary."""
+    run_dir = Path(run_dir)
+    df = to_frame(records)
+    df.write_parquet(run_dir / "records.parquet")
+    s = summary(df)
+    if not s.is_empty():
+        s.write_csv(run_dir / "summary.csv")
+    notes = ("Quality is the task's metric on its test split (mean over seeds, ± = std). Latency in ms "
+             "(median), memory in MiB (peak of one training step), FLOPs per sample. "
+             "`pareto` marks rows on the quality-vs-parameters front of their task and kind.\n")
+    (run_dir / "summary.md").write_text(f"{header}\n\n{render_markdown(s)}\n{notes}")
+    return s
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+def compare(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    """Per task/kind/method/size and metric column: mean in A, mean in B, delta and relative delta."""
+    sa, sb = summary(a), summary(b)
+    if sa.is_empty() or sb.is_empty():
+        return pl.DataFrame()
+    skip = set(GROUP) | {"n_failed", "first_error", "units", "pareto", "higher_is_better"}
+    metrics = [c for c in sa.columns if c in sb.columns and c not in skip]
+    la = sa.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="a")
+    lb = sb.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="b")
+    out = la.join(lb, on=GROUP + ["metric"], how="full", coalesce=True).with_columns(
+        pl.col("a").cast(pl.Float64), pl.col("b").cast(pl.Float64))
+    out = out.with_columns((pl.col("b") - pl.col("a")).alias("delta"))
+    out = out.with_columns(
+        pl.when(pl.col("a").abs() > 0).then(pl.col("delta") / pl.col("a").abs()).otherwise(None).alias("rel"))
+    return out.sort(GROUP + ["metric"])
+
+
+COMPARE_HEADERS = ["task", "kind", "method", "budget", "metric", "A", "B", "delta", "rel"]
+
+
+def _compare_rows(c: pl.DataFrame) -> list[list[str]]:
+    return [[r["task"], r["kind"], r["method"], r["size"], r["metric"], _fmt(r["a"]), _fmt(r["b"]),
+             _fmt(r["delta"]), "-" if r["rel"] is None else f"{r['rel']:+.1%}"] for r in c.to_dicts()]
+
+
+def render_markdown_compare(c: pl.DataFrame) -> str:
+    if c.is_empty():
+        return "(nothing to compare)\n"
+    out = ["| " + " | ".join(COMPARE_HEADERS) + " |", "|" + "---|" * len(COMPARE_HEADERS)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in _compare_rows(c)]) + "\n"
+
+
+def render_compare(c: pl.DataFrame) -> str:
+    if c.is_empty():
+        return "(nothing to compare)"
+    headers, rows = COMPARE_HEADERS, _compare_rows(c)
+    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(headers)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])

@@ -1,0 +1,71 @@
+"""Budget search: find the size knob whose applied model meets a parameter budget.
+
+The budget is a fraction of the dense model's parameters: trainable ones for adapt, stored
+ones otherwise. We count the real applied model (never a formula the method states) and take
+the largest knob value that stays within the budget, so no method is compared above it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from torch import nn
+
+from ..api import ApplyContext, Method
+from ..measure.params import count_params
+
+
+@dataclass
+class Sized:
+    model: nn.Module
+    knob: float | None
+    fraction: float
+    over_budget: bool = False
+
+
+def counted(model: nn.Module, kind: str) -> int:
+    c = count_params(model)
+    return c.trainable if kind == "adapt" else c.stored
+
+
+def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int, ctx: ApplyContext,
+           steps: int = 24) -> Sized:
+    lo, hi = method.knob_range(base)
+    integer = method.knob.integer
+    seen: dict[float, Sized] = {}
+
+    def at(k: float) -> Sized:
+        if k not in seen:
+            m = method.apply(base, k, ctx)
+            seen[k] = Sized(m, k, counted(m, kind) / dense)
+        return seen[k]
+
+    first = at(lo)
+    if first.fraction > budget:
+        first.over_budget = True
+        return first
+    if at(hi).fraction <= budget:
+        return at(hi)
+    best = first
+    a, b = lo, hi  # invariant: fraction(a) <= budget < fraction(b)
+    for _ in range(steps):
+        if integer and b - a <= 1:
+            break
+        mid = (a + b) // 2 if integer else (a + b) / 2
+        if at(mid).fraction <= budget:
+            a, best = mid, at(mid)
+        else:
+            b = mid
+    return best
+
+
+def apply_sized(method: Method, base: nn.Module, kind: str, budget: float | None, knob: float | None,
+                dense: int, ctx: ApplyContext) -> Sized:
+    if method.knob is None or (budget is None and knob is None):
+        m = method.apply(base, None, ctx)
+        return Sized(m, None, counted(m, kind) / dense)
+    if knob is not None:
+        k = int(knob) if method.knob.integer else knob
+        m = method.apply(base, k, ctx)
+        return Sized(m, k, counted(m, kind) / dense)
+    return search(method, base, kind, budget, dense, ctx)
+
+

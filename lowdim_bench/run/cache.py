@@ -1,0 +1,52 @@
+"""Base models cached per (task, options, stage, seed, task code version, data fingerprint).
+
+Kept outside the repository, in LOWDIM_BENCH_CACHE (default ~/.cache/lowdim-bench). A file lock
+makes parallel workers that need the same base train it once.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..api import Task
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LOWDIM_BENCH_CACHE") or Path.home() / ".cache" / "lowdim-bench"
+    return Path(root)
+
+
+def base_key(task: Task, stage: str, seed: int, task_version: str) -> str:
+    blob = json.dumps({"task": task.name, "options": task.options, "stage": stage, "seed": seed,
+                       "version": task_version, "data": task.fingerprint()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_model(task: Task, stage: str, seed: int, task_version: str,
+                 build: Callable[[], nn.Module]) -> tuple[nn.Module, bool]:
+    """Return (model, was_cached). `build` trains the model when the cache has none."""
+    folder = cache_dir() / "base" / task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    key = base_key(task, stage, seed, task_version)
+    path = folder / f"{key}.pt"
+    with open(folder / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            try:
+                model = task.make_model(seed)
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return model, True
+            except Exception:
+                path.unlink(missing_ok=True)  # a torn or stale file: rebuild it
+        model = build()
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        return model, False

@@ -1,0 +1,182 @@
+"""One-shot truncated-SVD compression (LoRD: Kaushal et al. 2023).
+
+Each nn.Linear W (d_out, d_in) = U S V^T becomes two Linears: first = S_r^1/2 V_r^T (r x d_in, no
+bias), second = U_r S_r^1/2 (d_out x r, the original bias). Parameters r (d_in + d_out) + bias,
+forward FLOPs 2 B r (d_in + d_out).
+
+Choices (also in the report and docs):
+- The SVD runs in float64 and the factors are cast to the weight's dtype, so full rank
+  reproduces the dense output to float32 rounding.
+- `skip_above_break_even` (default True): a layer whose rank r is at or above the break-even
+  rank r* = d_in d_out / (d_in + d_out) stays dense, because factoring it would grow the model.
+  A layer then counts min(r (d_in + d_out), d_in d_out) + bias, which is still monotone in r,
+  so the budget search works. With False, r is clamped to min(d_in, d_out).
+- Targets every Linear by default (`target_modules`: "all" or a list of name suffixes); Linears
+  whose weight is shared with another module (tied heads) or owned by nn.MultiheadAttention are
+  left dense.
+- `recover_steps` (default 0) is not used here: the harness reads it and fine-tunes that many
+  steps with the task's "recover" recipe.
+- The SVD of each original weight is cached while that tensor lives and is unchanged (keyed by
+  tensor identity and version), because the budget search applies the method several times.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import skip_init
+from torch.utils.weak import WeakIdKeyDictionary
+
+from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.hookspecs import hookimpl
+
+# weight tensor -> (its _version when decomposed, U, S, Vh) in float64
+_SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def svd64(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of `weight` in float64, cached while the tensor is alive and unmodified."""
+    hit = _SVD_CACHE.get(weight)
+    if hit is not None and hit[0] == weight._version:
+        return hit[1], hit[2], hit[3]
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    _SVD_CACHE[weight] = (weight._version, u, s, vh)
+    return u, s, vh
+
+
+class FactoredLinear(nn.Module):
+    """y = second(first(x)): a Linear of rank `rank` stored as its two factors."""
+
+    def __init__(self, first: nn.Linear, second: nn.Linear) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+
+    @property
+    def in_features(self) -> int:
+        return self.first.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.second.out_features
+
+    @property
+    def rank(self) -> int:
+        return self.first.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The product second @ first (not stored), for parents that read `.weight` directly,
+        such as nn.TransformerEncoderLayer's inference fast path."""
+        return self.second.weight @ self.first.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def factor_linear(linear: nn.Linear, rank: int) -> FactoredLinear:
+    """The rank-`rank` truncated SVD of `linear`, split evenly (S^1/2 on each side)."""
+    u, s, vh = svd64(linear.weight)
+    root = s[:rank].sqrt()
+    like = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+    first = skip_init(nn.Linear, linear.in_features, rank, bias=False, **like)
+    second = skip_init(nn.Linear, rank, linear.out_features, bias=linear.bias is not None, **like)
+    with torch.no_grad():
+        first.weight.copy_(root[:, None] * vh[:rank])
+        second.weight.copy_(u[:, :rank] * root[None, :])
+        if linear.bias is not None:
+            second.bias.copy_(linear.bias)
+    for p in (*first.parameters(), *second.parameters()):
+        p.requires_grad_(linear.weight.requires_grad)
+    return FactoredLinear(first, second)
+
+
+def layer_rank(linear: nn.Linear, rank: int, skip_above_break_even: bool) -> int | None:
+    """The rank this layer is factored at, or None when it stays dense."""
+    d_in, d_out = linear.in_features, linear.out_features
+    r = min(rank, d_in, d_out)
+    if skip_above_break_even and r * (d_in + d_out) >= d_in * d_out:
+        return None
+    return r
+
+
+def _matches(name: str, suffix: str) -> bool:
+    return name == suffix or name.endswith("." + suffix)
+
+
+def _shared_params(model: nn.Module) -> set[int]:
+    """ids of parameters registered in more than one module (tied weights)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, v in seen.items() if v > 1}
+
+
+class SvdMethod(Method):
+    name = "svd"
+    kind = "compress"
+    knob = Knob("rank", 1, None)
+    defaults = {"target_modules": "all", "skip_above_break_even": True, "recover_steps": 0}
+    targets = ("Linear",)
+    identity_at_init = False
+    description = "LoRD one-shot truncated SVD: each Linear -> (U_r S_r^1/2)(S_r^1/2 V_r^T); layers at/above break-even rank stay dense."
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        h = self.hparams
+        tm = h["target_modules"]
+        if tm != "all" and not (isinstance(tm, (list, tuple)) and tm and all(isinstance(s, str) for s in tm)):
+            raise PluginError(f"svd: target_modules must be 'all' or a list of module-name suffixes, got {tm!r}")
+        if not isinstance(h["recover_steps"], int) or h["recover_steps"] < 0:
+            raise PluginError(f"svd: recover_steps must be an integer >= 0, got {h['recover_steps']!r}")
+
+    def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+        """(name, Linear) of every layer this method may factor, in registration order."""
+        tm = self.hparams["target_modules"]
+        owned: set[int] = set()
+        for m in model.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                owned.update(id(c) for c in m.children())
+        tied = _shared_params(model)
+        found = [(n, m) for n, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and id(m) not in owned and id(m.weight) not in tied]
+        if tm != "all":
+            missing = [s for s in tm if not any(_matches(n, s) for n, _ in found)]
+            if missing:
+                raise PluginError(f"svd: target_modules {missing} match no factorable Linear; have {[n for n, _ in found]}")
+            found = [(n, m) for n, m in found if any(_matches(n, s) for s in tm)]
+        if not found:
+            raise PluginError("svd: the model has no Linear layer to factor")
+        return found
+
+    def knob_range(self, model: nn.Module) -> tuple[float, float]:
+        return 1, max(min(m.in_features, m.out_features) for _, m in self.select(model))
+
+    def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
+        if size is None or float(size) != int(size) or int(size) < 1:
+            raise PluginError(f"method 'svd': rank must be an integer >= 1, got {size!r}")
+        rank = int(size)
+        skip = bool(self.hparams["skip_above_break_even"])
+        # Factor from the original weights (so the SVD cache hits across applies). The deepcopy
+        # memo maps each factored Linear to its replacement, so the copy never duplicates it.
+        memo: dict[int, Any] = {}
+        for _, linear in self.select(model):
+            r = layer_rank(linear, rank, skip)
+            if r is not None:
+                memo[id(linear)] = factor_linear(linear, r)
+        return copy.deepcopy(model, memo)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    register(SvdMethod)

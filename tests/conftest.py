@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Base models go to a fresh cache, never the user's."""
+    os.environ["LOWDIM_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def fake_plugins(monkeypatch):
+    """Load tests/fakeplugins.py as a plugin, here and in worker processes and CLI subprocesses."""
+    monkeypatch.setenv("LOWDIM_BENCH_PLUGIN_MODULES", "fakeplugins")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    if str(TESTS) not in sys.path:
+        monkeypatch.syspath_prepend(str(TESTS))
+
+
+def write_suite(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path

@@ -1,0 +1,52 @@
+"""The CLI: listing, exit codes, and the headless path never importing Textual."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_suite
+from lowdim_bench.cli import main
+
+
+def test_list_methods_shows_kind_and_source(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    for name, kind in (("dense", "train/adapt/compress"), ("lora", "adapt"), ("svd", "compress"), ("sltrain", "train")):
+        line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
+        assert kind in line and "built-in" in line
+
+
+def test_list_plugins_shows_broken_module_and_goes_on(capsys, monkeypatch, fake_plugins):
+    monkeypatch.setenv("LOWDIM_BENCH_PLUGIN_MODULES", "fakeplugins,no_such_plugin_module")
+    assert main(["list", "plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "no_such_plugin_module" in out and "broken" in out and "ModuleNotFoundError" in out
+    assert "fakeplugins" in out and "method:fake-head" in out
+    assert main(["--strict-plugins", "list", "plugins"]) == 2
+    assert "no_such_plugin_module" in capsys.readouterr().err
+
+
+def test_malformed_suite_exits_2_naming_file_and_field(tmp_path, capsys):
+    suite = write_suite(tmp_path / "bad.toml", 'name = "x"\ntasks = ["digits-mlp"]\nmethods = ["lora"]\nseeds = ["a"]\n')
+    assert main(["run", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert f"{suite}:4: field 'seeds'" in err
+
+
+def test_unknown_suite_name_lists_known(capsys):
+    assert main(["run", "smokey"]) == 2
+    assert "known: " in capsys.readouterr().err
+
+
+def test_no_arguments_is_reserved_for_the_app(capsys):
+    assert main([]) == 2
+
+
+@pytest.mark.parametrize("module", ["lowdim_bench.cli", "lowdim_bench.run.runner", "lowdim_bench.run.worker",
+                                    "lowdim_bench.report", "lowdim_bench.suite", "lowdim_bench.registry"])
+def test_headless_modules_do_not_import_textual(module):
+    code = f"import sys, {module}; from lowdim_bench.registry import Registry; Registry.load(); " \
+           "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'textual_plotext', 'plotext')]; " \
+           "assert not bad, bad"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
