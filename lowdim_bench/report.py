@@ -126,6 +126,8 @@ def _fmt(v: Any) -> str:
         a = abs(v)
         if a == 0:
             return "0"
+        if v.is_integer() and a < 1e7:
+            return str(int(v))
         if a >= 1e6 or a < 1e-3:
             return f"{v:.3g}"
         return f"{v:.4g}"
@@ -140,7 +142,8 @@ def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
             ("stored_bytes", "bytes"), ("flops_forward", "FLOPs/sample")]
     cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in s.columns
              if c.startswith("latency_p50[inference]@")]
-    cols += [("memory_peak[train_step]", "train peak MiB"), ("pareto", "pareto"), ("n_failed", "failed")]
+    cols += [(c, "train peak MiB") for c in s.columns if c.startswith("memory_peak[train_step]")]
+    cols += [("pareto", "pareto"), ("n_failed", "failed")]
     return [(c, h) for c, h in cols if c in s.columns]
 
 

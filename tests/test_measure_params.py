@@ -130,3 +130,11 @@ def test_meta_tensors_are_not_collapsed() -> None:
 def test_serialised_bytes_holds_at_least_the_payload() -> None:
     layer = nn.Linear(64, 64)
     assert serialised_bytes(layer) >= count_params(layer).stored_bytes
+
+
+def test_non_persistent_buffers_are_not_stored():
+    m = nn.Linear(4, 3)
+    m.register_buffer("cache", torch.zeros(100), persistent=False)
+    m.register_buffer("kept", torch.zeros(7), persistent=True)
+    c = count_params(m)
+    assert c.stored == 15 + 7 and c.stored_bytes == (15 + 7) * 4

@@ -28,6 +28,8 @@ class ParamCount:
 
     total / trainable: unique parameter elements (a sparse parameter counts its stored values).
     stored: parameter elements plus floating-point buffer elements (frozen factors, bases).
+    Only persistent buffers count: non-persistent ones (rotary tables, causal masks) are caches
+    rebuilt from the code, not state a checkpoint stores.
     stored_bytes: bytes of parameters and buffers, each storage byte once (tied or aliased
     tensors once), including integer/bool buffers and sparse index arrays; index_bytes is
     that non-value share.
@@ -141,10 +143,17 @@ def _unique_tensors(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def persistent_buffers(model: nn.Module) -> Iterator[torch.Tensor]:
+    for m in model.modules():
+        for name, b in m._buffers.items():
+            if name not in m._non_persistent_buffers_set:
+                yield b
+
+
 def count_params(model: nn.Module) -> ParamCount:
     """Count a model's parameters, stored elements and stored bytes (see ParamCount)."""
     params = _unique_tensors(model.parameters())
-    buffers = _unique_tensors(model.buffers())
+    buffers = _unique_tensors(persistent_buffers(model))
     total = sum(stored_elements(p) for p in params)
     trainable = sum(stored_elements(p) for p in params if p.requires_grad)
     tally = _StorageTally()

@@ -3,8 +3,8 @@
 The stdlib differs between Python versions and distributions, so everything here is decided
 by file contents and a stable hash of each relative path, never by directory listing order:
 - a file's split is sha1(relpath) mod 100: below 80 train, below 90 val, else test;
-- under a byte cap, files are read in order of that hash (ties by path), so a smaller cap reads
-  a prefix of the same sequence, and the three splits keep roughly their 80/10/10 shares;
+- a byte cap is shared 80/10/10 between the splits, and each split reads its files in order of
+  that hash (ties by path), so a smaller cap reads a prefix of the same sequence;
 - the fingerprint is sha256 over (relpath, sha256 of the bytes used) of every file read.
 
 Parts: "tests" is every file under a folder named test, tests or idle_test, or named
@@ -103,21 +103,29 @@ def part_files(root: Path, part: str) -> list[str]:
     return [p for p in list_files(root) if is_test_file(p) == want_tests]
 
 
+def split_budgets(max_bytes: int) -> dict[str, int]:
+    """The cap shared 80/10/10, so even a small cap gives every split some text."""
+    held_out = max_bytes // 10
+    return {"train": max_bytes - 2 * held_out, "val": held_out, "test": held_out}
+
+
 def build_corpus(root: Path, part: str, relpaths: list[str], max_bytes: int) -> Corpus:
-    """Read files in hash order until max_bytes; the last file may be cut to fit."""
+    """Each split reads its files in hash order up to its budget; the last file may be cut."""
+    budgets = split_budgets(max_bytes)
     chunks: dict[str, list[bytes]] = {s: [] for s in SPLITS}
+    used = {s: 0 for s in SPLITS}
     files: list[CorpusFile] = []
-    total = 0
     for rel in read_order(relpaths):
-        if total >= max_bytes:
-            break
-        raw = (root / rel).read_bytes()[: max_bytes - total]
+        split = split_of(rel)
+        room = budgets[split] - used[split]
+        if room <= 0:
+            continue
+        raw = (root / rel).read_bytes()[:room]
         if not raw:
             continue
-        split = split_of(rel)
         chunks[split].append(raw)
         files.append(CorpusFile(rel, split, hashlib.sha256(raw).hexdigest(), len(raw)))
-        total += len(raw)
+        used[split] += len(raw)
     return Corpus(part=part, root=str(root), files=tuple(files), data={s: b"".join(c) for s, c in chunks.items()})
 
 

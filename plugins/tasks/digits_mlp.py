@@ -20,6 +20,7 @@ option keeps these for experiments.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -66,12 +67,17 @@ class DigitsMLP(nn.Module):
         return self.head(self.body(x))
 
 
+@functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Pixels / 16 as float32 and labels; read-only because the arrays are shared."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
-    return x, data.target.astype(np.int64)
+    y = data.target.astype(np.int64)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
 
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:

@@ -70,7 +70,8 @@ def bits_per_byte(model: nn.Module, data: torch.Tensor, starts: torch.Tensor, co
     for i in range(0, len(starts), EVAL_BATCH):
         x, y = windows(data, starts[i:i + EVAL_BATCH], context)
         logits = model(x.to(device)).float()
-        total_nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum").item()
+        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="none")
+        total_nats += nats.double().sum().item()  # summed in float64 so many bytes add up exactly
         count += y.numel()
     return total_nats / count / math.log(2)
 
@@ -92,7 +93,7 @@ class StdlibLM(Task):
         "recover_steps": 100,
         "recover_lr": 1e-3,
         "max_corpus_bytes": 2_000_000,
-        "eval_windows": 64,
+        "eval_windows": 256,
         "target": "library",
     }
     description = (
