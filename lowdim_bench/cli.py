@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__, report
 from .registry import PluginLoadError, Registry
 from .run import events as ev
+from .run.executor import resolve_device
 from .run.runner import run_cells
 from .suite import SuiteError, expand, load_suite
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", type=_csv(str), help="only these methods (comma-separated)")
     r.add_argument("--tasks", type=_csv(str), help="only these tasks")
     r.add_argument("--budgets", type=_csv(float), help="override the budgets (fractions, comma-separated)")
+    r.add_argument("--knobs", type=_csv(float), help="explicit knob values (e.g. ranks 4,8) instead of budgets")
     r.add_argument("--seeds", type=_csv(int), help="override the seeds")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     r.add_argument("--jobs", type=int, default=1, help="parallel cells on CPU (CUDA: one per device)")
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print a run's comparison table")
     s.add_argument("run_dir", type=Path)
+    s.add_argument("--metrics", type=_csv(str), help="instead of the comparison table, these metric columns "
+                   "(prefixes, e.g. memory_,latency_p99), in their raw units")
     s.add_argument("--format", choices=["table", "json", "markdown"], default="table")
     return p
 
@@ -134,17 +138,20 @@ def cmd_run(args, registry: Registry) -> int:
             if args.budgets:
                 suite.budgets = args.budgets
                 suite.methods = [replace(m, budgets=[]) for m in suite.methods]
+            if args.knobs:
+                suite.methods = [replace(m, budgets=[], knobs=args.knobs) for m in suite.methods]
             if args.seeds:
                 suite.seeds = args.seeds
             if args.timeout:
                 suite.timeout_s = args.timeout
-            cells = expand(suite, registry, device="cpu" if args.device == "cpu" else args.device)
-            for flag, attr in ((args.methods, "method"), (args.tasks, "task")):
+            cells = expand(suite, registry, device=resolve_device(args.device))
+            for flag, attr in ((args.methods, "shown_name"), (args.tasks, "task")):
                 if flag:
                     known = {getattr(c, attr) for c in cells}
                     missing = [x for x in flag if x not in known]
                     if missing:
-                        raise SuiteError(f"--{attr}s: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
+                        option = "--methods" if attr == "shown_name" else "--tasks"
+                        raise SuiteError(f"{option}: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
                     cells = [c for c in cells if getattr(c, attr) in flag]
             meta = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
             plans.append((cells, meta))
@@ -214,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise SuiteError(f"{d}: not a run folder (no run.json)")
             if args.command == "compare":
                 return cmd_compare(args)
-            _print_summary(report.summary(report.load(args.run_dir)), args.format)
+            summary = report.summary(report.load(args.run_dir))
+            if args.metrics:
+                print(report.render_table(summary, args.metrics))
+            else:
+                _print_summary(summary, args.format)
             return 0
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":
@@ -225,5 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
 
 
+def entry() -> None:
+    """Console-script entry: `| head` closing the pipe is not an error."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stdout = None  # nothing more can be written; skip the flush at exit
+        code = 0
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

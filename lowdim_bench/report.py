@@ -163,10 +163,19 @@ def table_rows(s: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     return [h for _, h in cols], rows
 
 
-def render_table(s: pl.DataFrame) -> str:
+def metric_rows(s: pl.DataFrame, prefixes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Long form: one line per summary row and metric column starting with one of `prefixes`."""
+    cols = sorted(c for c in s.columns if any(c.startswith(p) for p in prefixes))
+    units = json.loads(s["units"][0]) if "units" in s.columns and len(s) else {}
+    rows = [[*(str(r[g]) for g in GROUP), c, _fmt(r.get(c)), units.get(c, "")]
+            for r in s.to_dicts() for c in cols if r.get(c) is not None]
+    return GROUP + ["metric", "value", "unit"], rows
+
+
+def render_table(s: pl.DataFrame, prefixes: list[str] | None = None) -> str:
     if s.is_empty():
         return "(no records)"
-    headers, rows = table_rows(s)
+    headers, rows = metric_rows(s, prefixes) if prefixes else table_rows(s)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])

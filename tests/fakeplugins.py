@@ -125,6 +125,14 @@ class Die(Method):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OutOfMemory(Method):
+    name = "fake-oom"
+    kind = "adapt"
+
+    def apply(self, model, size, ctx):
+        raise MemoryError("could not allocate 1 TiB")
+
+
 class Mutator(Method):
     name = "fake-mutator"
     kind = "adapt"
@@ -151,5 +159,5 @@ def register_tasks(register):
 
 @hookimpl
 def register_methods(register):
-    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, Mutator, Slow):
+    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, OutOfMemory, Mutator, Slow):
         register(cls)

@@ -50,3 +50,17 @@ def test_headless_modules_do_not_import_textual(module):
            "assert not bad, bad"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_methods_filter_uses_suite_names_and_knobs_replace_budgets(tmp_path, monkeypatch, fake_plugins):
+    suite = write_suite(tmp_path / "s.toml", 'name = "f"\ntasks = ["tiny"]\nbudgets = [0.5]\n[methods.dense]\n'
+                        '[methods.fake-width]\n[methods.narrow]\nmethod = "fake-width"\n')
+    calls = []
+    monkeypatch.setattr("lowdim_bench.cli.run_cells", lambda cells, *a, **k: calls.append(cells) or
+                        (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["run", str(suite), "--methods", "narrow", "--knobs", "3,5", "--device", "cpu"])
+    cells = calls[0]
+    assert {c.shown_name for c in cells} == {"narrow"} and sorted(c.knob for c in cells) == [3.0, 5.0]
+    assert all(c.budget is None and c.device == "cpu" for c in cells)
+    assert main(["run", str(suite), "--methods", "lora"]) == 2

@@ -83,6 +83,9 @@ def test_dense_adamw_parameters_gradients_optimizer_match_analytic():
     # Other: the batch plus AdamW's per-tensor working buffers (at most two of the largest weight).
     largest = 512 * 512 * 4
     assert x.nbytes + y.nbytes <= r.other <= x.nbytes + y.nbytes + 2 * largest + 4096
+    # The split at the peak hides the activations, activations_max does not: at least the
+    # saved ReLU outputs (batch x hidden widths) were alive during backward.
+    assert r.activations < 8 * 512 * 4 <= 2 * 8 * 512 * 4 <= r.activations_max
 
 
 def test_dense_activations_are_saved_outputs_plus_backward_temporaries():
@@ -96,6 +99,7 @@ def test_dense_activations_are_saved_outputs_plus_backward_temporaries():
     saved = 1024 * (128 + 128) * 4
     assert r.peak_phase == "backward"
     assert saved <= r.activations <= 2.5 * saved
+    assert r.activations_max == r.activations  # the peak is where activations are highest
     assert r.parameters == a["parameters"]
     assert 0 <= r.optimizer - a["optimizer"] <= STEP_SLACK * n_trainable(model)
     assert 0 <= r.gradients < a["gradients"]  # part of backward is still to come at the peak

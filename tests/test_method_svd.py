@@ -28,7 +28,7 @@ def mlp() -> nn.Module:
 def test_registers_through_hook() -> None:
     reg = Registry.from_objects({"svd": svd_module})
     assert reg.method("svd").cls is SvdMethod
-    assert SvdMethod.kind == "compress" and SvdMethod.defaults["recover_steps"] == 0
+    assert SvdMethod.kind == "compress" and SvdMethod.defaults["recover"] is False
 
 
 def test_full_rank_reproduces_dense_output() -> None:
@@ -134,7 +134,7 @@ def test_tied_and_attention_linears_stay_dense() -> None:
 
 def test_bad_hparams_and_sizes_are_errors() -> None:
     with pytest.raises(PluginError):
-        SvdMethod(recover_steps=-1)
+        SvdMethod(recover=1)
     with pytest.raises(PluginError):
         SvdMethod(target_modules=["missing"]).apply(mlp(), 2, ctx())
     with pytest.raises(PluginError):

@@ -37,6 +37,7 @@ train_batch_size = 8
 [methods.fake-boom]
 [methods.fake-nan]
 [methods.fake-die]
+[methods.fake-oom]
 [methods.fake-mutator]
 [methods.fake-hang]
 timeout_s = 8
@@ -54,13 +55,14 @@ def _run(tmp_path, body, **kw):
 
 def test_each_failure_becomes_a_failed_record_and_the_rest_finishes(tmp_path, fake_plugins):
     res, seen = _run(tmp_path, FAILING, jobs=2)
-    assert (res.ok, res.failed) == (1, 5)
+    assert (res.ok, res.failed) == (1, 6)
     df = pl.read_parquet(res.run_dir / "records.parquet")
     assert set(report.SCHEMA) <= set(df.columns)
     errors = {r["method"]: r["error"] for r in df.filter(pl.col("status") == "failed").to_dicts()}
     assert "boom on purpose" in errors["fake-boom"] and "Traceback" in errors["fake-boom"]
     assert errors["fake-nan"].startswith("non-finite loss: loss became nan at step 0")
     assert "killed by SIGKILL" in errors["fake-die"]
+    assert errors["fake-oom"].startswith("out of memory: MemoryError: could not allocate 1 TiB")
     assert "mutated the base model" in errors["fake-mutator"]
     assert errors["fake-hang"].startswith("time limit of 8 s exceeded")
     ok = df.filter(pl.col("method") == "fake-head")
@@ -71,7 +73,7 @@ def test_each_failure_becomes_a_failed_record_and_the_rest_finishes(tmp_path, fa
     assert head["plugin"] == "fakeplugins" and head["device"] == "cpu" and head["torch_version"]
     kinds = [type(e) for e in seen]
     assert kinds[0] is ev.RunStarted and kinds[-1] is ev.RunFinished
-    assert sum(k is ev.CellFailed for k in kinds) == 5 and ev.Progress in kinds and ev.RecordsReady in kinds
+    assert sum(k is ev.CellFailed for k in kinds) == 6 and ev.Progress in kinds and ev.RecordsReady in kinds
     s = report.summary(df)
     assert s.filter(pl.col("method") == "fake-boom")["n_failed"].to_list() == [1]
     assert (res.run_dir / "summary.md").read_text().count("fake-head") == 1

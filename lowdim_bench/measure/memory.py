@@ -39,6 +39,9 @@ class MemoryBreakdown:
     during forward and backward that are not gradients (saved tensors and backward temporaries);
     other: inputs, other pre-existing tensors and the working buffers of `optimizer.step`.
     `peak_phase` says where the peak fell: start, zero_grad, forward, backward or optimizer.
+    `activations_max` is the most activation bytes alive at any moment of the step: when the
+    peak falls in the optimizer step the split shows almost no activations, yet this figure is
+    what a method that saves less for backward (LoRA, SLTrain's rebuild) changes.
     """
 
     parameters: int
@@ -51,6 +54,7 @@ class MemoryBreakdown:
     cuda_allocated_peak: int | None = None
     cuda_reserved_peak: int | None = None
     peak_phase: str = ""
+    activations_max: int = 0
 
 
 def tensor_storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
@@ -97,6 +101,7 @@ class _Tracker:
         self.peak_split = dict(self.totals)
         self.peak_serial = 0
         self.peak_phase = "start"
+        self.activations_max = 0
 
     # --- registration -------------------------------------------------------------------
     def add(self, t: torch.Tensor, category: str, *, pre_existing: bool = False) -> None:
@@ -143,6 +148,7 @@ class _Tracker:
             self._check_peak()
 
     def _check_peak(self) -> None:
+        self.activations_max = max(self.activations_max, self.totals["activations"])
         if self.current > self.peak:
             self.peak = self.current
             self.peak_split = dict(self.totals)
@@ -179,7 +185,8 @@ class _Tracker:
         self.phase, self.new_category = phase, new_category
 
     def result(self) -> MemoryBreakdown:
-        return MemoryBreakdown(**self.peak_split, peak=self.peak, peak_phase=self.peak_phase)
+        return MemoryBreakdown(**self.peak_split, peak=self.peak, peak_phase=self.peak_phase,
+                               activations_max=self.activations_max)
 
     def close(self) -> None:
         """Drop the weak references so their callbacks never run after the measurement."""

@@ -32,10 +32,16 @@ class _Running:
     terminal: bool = False
 
 
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when torch sees a GPU, else cpu; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def device_slots(device: str, jobs: int) -> list[str]:
     """One slot per parallel worker: `jobs` CPU slots, or one per CUDA device."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if device == "cpu":
         return ["cpu"] * max(1, jobs)
     if device == "cuda":

@@ -18,7 +18,7 @@ from . import environment
 from .cells import Cell
 from .events import (CellFailed, CellFinished, CellStarted, EventBus, Progress, RecordsReady, RunFinished,
                      RunStarted)
-from .executor import LocalExecutor
+from .executor import LocalExecutor, resolve_device
 from .store import RunStore
 
 
@@ -61,7 +61,7 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
               resume: Path | None = None, retry_failed: bool = False,
               should_stop: Callable[[], bool] = lambda: False) -> RunResult:
     bus = EventBus(listeners)
-    env = environment.collect(device if device != "auto" else "cpu")
+    env = environment.collect(resolve_device(device))
     if resume is not None:
         store = RunStore.open(resume)
         cells = refresh_versions(store.cells(), registry)

@@ -140,9 +140,10 @@ class CellRun:
     def recipe(self, task: api.Task, method: api.Method) -> api.Recipe:
         cell = self.cell
         recipe = task.recipe(PURPOSE.get(cell.kind, "finetune"))
-        if cell.kind == "compress":
-            recipe = recipe.replace(steps=int(method.hparams.get("recover_steps", 0) or 0))
-        return recipe.replace(**cell.recipe) if cell.recipe else recipe
+        recipe = recipe.replace(**cell.recipe) if cell.recipe else recipe
+        if cell.kind == "compress" and not method.hparams.get("recover", False):
+            recipe = recipe.replace(steps=0)  # one-shot: no recovery fine-tune unless the method asks
+        return recipe
 
     def fit(self, task: api.Task, method: api.Method, model: torch.nn.Module,
             splits: dict[str, Any]) -> tuple[torch.nn.Module, float | None]:

@@ -31,6 +31,7 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, find_layers, replace_module, split_by_suffixes
 
 
 def _kaiming_(weight: torch.Tensor, generator: torch.Generator) -> None:
@@ -142,24 +143,6 @@ def full_rank(module: nn.Module) -> int:
     return min(module.out_channels // g, module.in_channels // g * kh * kw)
 
 
-def _matches(name: str, suffix: str) -> bool:
-    return name == suffix or name.endswith("." + suffix)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    if name == "":
-        return new
-    model.set_submodule(name, new)
-    return model
-
-
-def as_rank(size: float | None, method: str) -> int:
-    """The integer rank the harness chose; an error names the method and the bad value."""
-    if size is None or float(size) != int(size) or int(size) < 1:
-        raise PluginError(f"method {method!r}: rank must be an integer >= 1, got {size!r}")
-    return int(size)
-
-
 class LoraMethod(Method):
     name = "lora"
     kind = "adapt"
@@ -176,24 +159,15 @@ class LoraMethod(Method):
             raise PluginError(f"lora: alpha must be > 0, got {h['alpha']!r}")
         if not 0.0 <= float(h["dropout"]) < 1.0:
             raise PluginError(f"lora: dropout must be in [0, 1), got {h['dropout']!r}")
-        tm = h["target_modules"]
-        if tm != "all" and not (isinstance(tm, (list, tuple)) and tm and all(isinstance(s, str) for s in tm)):
-            raise PluginError(f"lora: target_modules must be 'all' or a list of module-name suffixes, got {tm!r}")
+        check_suffixes(h["target_modules"], "all", method="lora", hparam="target_modules")
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """(name, module) of every layer this method adapts, in registration order."""
         tm = self.hparams["target_modules"]
-        skip: set[int] = set()
-        for m in model.modules():
-            if isinstance(m, (nn.MultiheadAttention, LoraLayer)):
-                skip.update(id(c) for c in m.children())
-        found = [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in skip]
+        # A LoraLayer's base and factors are never adapted again (no LoRA on LoRA).
+        found = find_layers(model, (nn.Linear, nn.Conv2d), owners=(nn.MultiheadAttention, LoraLayer))
         if tm != "all":
-            missing = [s for s in tm if not any(_matches(n, s) for n, _ in found)]
-            if missing:
-                raise PluginError(f"lora: target_modules {missing} match no Linear/Conv2d; have {[n for n, _ in found]}")
-            found = [(n, m) for n, m in found if any(_matches(n, s) for s in tm)]
+            found, _ = split_by_suffixes(found, tm, method="lora", hparam="target_modules", what="Linear/Conv2d")
         if not found:
             raise PluginError("lora: the model has no Linear or Conv2d layer to adapt")
         return found
@@ -210,7 +184,7 @@ class LoraMethod(Method):
         h = self.hparams
         for name, module in self.select(new):
             layer = LoraLayer(module, rank, float(h["alpha"]), float(h["dropout"]), gen)
-            new = _replace(new, name, layer)
+            new = replace_module(new, name, layer)
         return new
 
     def for_inference(self, model: nn.Module) -> nn.Module:

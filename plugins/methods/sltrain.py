@@ -21,7 +21,6 @@ Choices (also in the report and docs):
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 HEAD_NAMES = ("head", "lm_head", "classifier", "out", "output")
 IMPLS = ("factored", "rebuild")
@@ -154,10 +154,6 @@ class SLTrainLinear(nn.Module):
                 f"nnz={self.nnz}, alpha={self.alpha}, impl={self.impl!r}, bias={self.bias is not None}")
 
 
-def _matches(name: str, suffix: str) -> bool:
-    return name == suffix or name.endswith("." + suffix)
-
-
 class SLTrainMethod(Method):
     name = "sltrain"
     kind = "train"
@@ -176,22 +172,11 @@ class SLTrainMethod(Method):
             raise PluginError(f"sltrain: alpha must be > 0, got {h['alpha']!r}")
         if h["impl"] not in IMPLS:
             raise PluginError(f"sltrain: impl must be one of {IMPLS}, got {h['impl']!r}")
-        sm = h["skip_modules"]
-        if sm != "auto" and not (isinstance(sm, (list, tuple)) and all(isinstance(s, str) for s in sm)):
-            raise PluginError(f"sltrain: skip_modules must be 'auto' or a list of module-name suffixes, got {sm!r}")
+        check_suffixes(h["skip_modules"], "auto", method="sltrain", hparam="skip_modules", allow_empty=True)
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer replaced, in registration order: all but the head."""
-        owned: set[int] = set()
-        for m in model.modules():
-            if isinstance(m, nn.MultiheadAttention):
-                owned.update(id(c) for c in m.children())
-        counts: dict[int, int] = {}
-        for m in model.modules():
-            for p in m.parameters(recurse=False):
-                counts[id(p)] = counts.get(id(p), 0) + 1
-        linears = [(n, m) for n, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and id(m) not in owned and counts[id(m.weight)] == 1]
+        linears = find_layers(model, (nn.Linear,), skip_tied=True)
         sm = self.hparams["skip_modules"]
         if sm == "auto":
             heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES]
@@ -199,10 +184,7 @@ class SLTrainMethod(Method):
                 heads = [linears[-1][0]]
             chosen = [(n, m) for n, m in linears if n not in heads]
         else:
-            missing = [s for s in sm if not any(_matches(n, s) for n, _ in linears)]
-            if missing:
-                raise PluginError(f"sltrain: skip_modules {missing} match no Linear; have {[n for n, _ in linears]}")
-            chosen = [(n, m) for n, m in linears if not any(_matches(n, s) for s in sm)]
+            _, chosen = split_by_suffixes(linears, sm, method="sltrain", hparam="skip_modules", what="Linear")
         if not chosen:
             raise PluginError("sltrain: no Linear left to replace once the head is skipped")
         return chosen
@@ -211,21 +193,17 @@ class SLTrainMethod(Method):
         return 1, max(min(m.in_features, m.out_features) for _, m in self.select(model))
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
-        if size is None or float(size) != int(size) or int(size) < 1:
-            raise PluginError(f"method 'sltrain': rank must be an integer >= 1, got {size!r}")
-        rank = int(size)
+        rank = as_rank(size, self.name)
         h = self.hparams
         support_gen = torch.Generator().manual_seed(int(ctx.seed))
         init_gen = torch.Generator().manual_seed(int(ctx.seed) + 1)
-        # The deepcopy memo maps each replaced Linear to its SLTrain layer, so the copy never
-        # duplicates the dense weight it discards.
-        memo: dict[int, Any] = {}
+        swaps = []
         for _, lin in self.select(model):
             support = draw_support(lin.out_features, lin.in_features, float(h["delta"]), support_gen)
-            memo[id(lin)] = SLTrainLinear(
+            swaps.append((lin, SLTrainLinear(
                 lin.in_features, lin.out_features, rank, float(h["alpha"]), support, lin.bias, h["impl"],
-                init_gen, device=lin.weight.device, dtype=lin.weight.dtype)
-        return copy.deepcopy(model, memo)
+                init_gen, device=lin.weight.device, dtype=lin.weight.dtype)))
+        return copy_swapping(model, swaps)
 
 
 @hookimpl

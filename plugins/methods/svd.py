@@ -14,14 +14,14 @@ Choices (also in the report and docs):
 - Targets every Linear by default (`target_modules`: "all" or a list of name suffixes); Linears
   whose weight is shared with another module (tied heads) or owned by nn.MultiheadAttention are
   left dense.
-- `recover_steps` (default 0) is not used here: the harness reads it and fine-tunes that many
-  steps with the task's "recover" recipe.
+- `recover` (default False, the one-shot result) is read by the harness: when true, the
+  compressed model is fine-tuned with the task's "recover" recipe (its steps and rate; a suite
+  changes them with [methods.NAME.recipe]).
 - The SVD of each original weight is cached while that tensor lives and is unchanged (keyed by
   tensor identity and version), because the budget search applies the method several times.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 # weight tensor -> (its _version when decomposed, U, S, Vh) in float64
 _SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -109,24 +110,11 @@ def layer_rank(linear: nn.Linear, rank: int, skip_above_break_even: bool) -> int
     return r
 
 
-def _matches(name: str, suffix: str) -> bool:
-    return name == suffix or name.endswith("." + suffix)
-
-
-def _shared_params(model: nn.Module) -> set[int]:
-    """ids of parameters registered in more than one module (tied weights)."""
-    seen: dict[int, int] = {}
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    return {k for k, v in seen.items() if v > 1}
-
-
 class SvdMethod(Method):
     name = "svd"
     kind = "compress"
     knob = Knob("rank", 1, None)
-    defaults = {"target_modules": "all", "skip_above_break_even": True, "recover_steps": 0}
+    defaults = {"target_modules": "all", "skip_above_break_even": True, "recover": False}
     targets = ("Linear",)
     identity_at_init = False
     description = "LoRD one-shot truncated SVD: each Linear -> (U_r S_r^1/2)(S_r^1/2 V_r^T); layers at/above break-even rank stay dense."
@@ -134,27 +122,16 @@ class SvdMethod(Method):
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
         h = self.hparams
-        tm = h["target_modules"]
-        if tm != "all" and not (isinstance(tm, (list, tuple)) and tm and all(isinstance(s, str) for s in tm)):
-            raise PluginError(f"svd: target_modules must be 'all' or a list of module-name suffixes, got {tm!r}")
-        if not isinstance(h["recover_steps"], int) or h["recover_steps"] < 0:
-            raise PluginError(f"svd: recover_steps must be an integer >= 0, got {h['recover_steps']!r}")
+        check_suffixes(h["target_modules"], "all", method="svd", hparam="target_modules")
+        if not isinstance(h["recover"], bool):
+            raise PluginError(f"svd: recover must be true or false, got {h['recover']!r}")
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer this method may factor, in registration order."""
         tm = self.hparams["target_modules"]
-        owned: set[int] = set()
-        for m in model.modules():
-            if isinstance(m, nn.MultiheadAttention):
-                owned.update(id(c) for c in m.children())
-        tied = _shared_params(model)
-        found = [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, nn.Linear) and id(m) not in owned and id(m.weight) not in tied]
+        found = find_layers(model, (nn.Linear,), skip_tied=True)
         if tm != "all":
-            missing = [s for s in tm if not any(_matches(n, s) for n, _ in found)]
-            if missing:
-                raise PluginError(f"svd: target_modules {missing} match no factorable Linear; have {[n for n, _ in found]}")
-            found = [(n, m) for n, m in found if any(_matches(n, s) for s in tm)]
+            found, _ = split_by_suffixes(found, tm, method="svd", hparam="target_modules", what="factorable Linear")
         if not found:
             raise PluginError("svd: the model has no Linear layer to factor")
         return found
@@ -163,18 +140,15 @@ class SvdMethod(Method):
         return 1, max(min(m.in_features, m.out_features) for _, m in self.select(model))
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
-        if size is None or float(size) != int(size) or int(size) < 1:
-            raise PluginError(f"method 'svd': rank must be an integer >= 1, got {size!r}")
-        rank = int(size)
+        rank = as_rank(size, self.name)
         skip = bool(self.hparams["skip_above_break_even"])
-        # Factor from the original weights (so the SVD cache hits across applies). The deepcopy
-        # memo maps each factored Linear to its replacement, so the copy never duplicates it.
-        memo: dict[int, Any] = {}
+        # Factor from the original weights, so the SVD cache hits across applies.
+        swaps = []
         for _, linear in self.select(model):
             r = layer_rank(linear, rank, skip)
             if r is not None:
-                memo[id(linear)] = factor_linear(linear, r)
-        return copy.deepcopy(model, memo)
+                swaps.append((linear, factor_linear(linear, r)))
+        return copy_swapping(model, swaps)
 
 
 @hookimpl

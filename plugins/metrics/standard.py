@@ -83,7 +83,7 @@ class MemoryMetric(Metric):
         out: list[Measurement] = []
 
         def emit(b: memory.MemoryBreakdown, phase: str) -> None:
-            for name in ("parameters", "gradients", "optimizer", "activations", "other", "peak"):
+            for name in ("parameters", "gradients", "optimizer", "activations", "other", "peak", "activations_max"):
                 out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs))
             for name in ("process_peak", "cuda_allocated_peak", "cuda_reserved_peak"):
                 if getattr(b, name) is not None:

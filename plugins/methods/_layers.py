@@ -1,0 +1,95 @@
+"""Layer selection and replacement shared by the built-in methods.
+
+Each method keeps its own policy (which types it targets, what it skips, what it builds); this
+module holds the mechanics they have in common, so a fix to one (say, how a name suffix matches)
+reaches all of them.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from lowdim_bench.api import PluginError
+
+Named = list[tuple[str, nn.Module]]
+
+
+def matches(name: str, suffix: str) -> bool:
+    """True when `suffix` is the whole dotted name or its last parts, so "fc" never matches "xfc"."""
+    return name == suffix or name.endswith("." + suffix)
+
+
+def check_suffixes(value: Any, word: str, *, method: str, hparam: str, allow_empty: bool = False) -> None:
+    """Reject a hyper-parameter that is neither `word` nor a list of name suffixes, at construction,
+    so a typo fails before any model is built."""
+    ok = isinstance(value, (list, tuple)) and (allow_empty or bool(value)) and all(isinstance(s, str) for s in value)
+    if value != word and not ok:
+        raise PluginError(f"{method}: {hparam} must be {word!r} or a list of module-name suffixes, got {value!r}")
+
+
+def owned_children(model: nn.Module, owners: tuple[type, ...]) -> set[int]:
+    """ids of the direct children of every module of an `owners` type: parents such as
+    nn.MultiheadAttention read their children's weights directly, so swapping those breaks them."""
+    out: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, owners):
+            out.update(id(c) for c in m.children())
+    return out
+
+
+def tied_params(model: nn.Module) -> set[int]:
+    """ids of parameters registered in more than one module (tied weights, e.g. an LM head that
+    shares the embedding), which a per-layer rewrite would silently untie."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, v in seen.items() if v > 1}
+
+
+def find_layers(model: nn.Module, types: tuple[type, ...], *,
+                owners: tuple[type, ...] = (nn.MultiheadAttention,), skip_tied: bool = False) -> Named:
+    """(name, module) of every `types` layer, in registration order, leaving out the children of
+    `owners` and, with `skip_tied`, layers whose weight is tied to another module."""
+    owned = owned_children(model, owners)
+    tied = tied_params(model) if skip_tied else set()
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, types) and id(m) not in owned and id(m.weight) not in tied]
+
+
+def split_by_suffixes(found: Named, suffixes: Sequence[str], *,
+                      method: str, hparam: str, what: str) -> tuple[Named, Named]:
+    """(matching, rest) of `found` by name suffix. Every suffix must match something: a suffix
+    that matches nothing is almost always a typo, so the error names it and the layers there are."""
+    missing = [s for s in suffixes if not any(matches(n, s) for n, _ in found)]
+    if missing:
+        raise PluginError(f"{method}: {hparam} {missing} match no {what}; have {[n for n, _ in found]}")
+    hit = [(n, m) for n, m in found if any(matches(n, s) for s in suffixes)]
+    rest = [(n, m) for n, m in found if not any(matches(n, s) for s in suffixes)]
+    return hit, rest
+
+
+def as_rank(size: float | None, method: str) -> int:
+    """The integer rank the harness chose; an error names the method and the bad value."""
+    if size is None or float(size) != int(size) or int(size) < 1:
+        raise PluginError(f"method {method!r}: rank must be an integer >= 1, got {size!r}")
+    return int(size)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """`model` with the submodule at dotted `name` swapped for `new`; the empty name is the model
+    itself, which cannot be swapped in place, so callers must use the return value."""
+    if name == "":
+        return new
+    model.set_submodule(name, new)
+    return model
+
+
+def copy_swapping(model: nn.Module, swaps: Iterable[tuple[nn.Module, nn.Module]]) -> nn.Module:
+    """A deep copy of `model` with each old module replaced by its new one. The deepcopy memo does
+    the swap, so the old modules (often the largest dense weights) are never copied."""
+    memo: dict[int, Any] = {id(old): new for old, new in swaps}
+    return copy.deepcopy(model, memo)
