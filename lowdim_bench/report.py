@@ -140,8 +140,9 @@ def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
             ("budget_reached", "reached"), ("quality", "quality"), ("quality_std", "±"),
             ("n_seeds", "seeds"), ("params_trainable", "trainable"), ("params_stored", "stored"),
             ("stored_bytes", "bytes"), ("flops_forward", "FLOPs/sample")]
-    cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in s.columns
-             if c.startswith("latency_p50[inference]@")]
+    latency = [c for c in s.columns if c.startswith("latency_p50[inference]@bs")]
+    latency.sort(key=lambda c: int(c.rsplit("@bs", 1)[1]))
+    cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in latency]
     cols += [(c, "train peak MiB") for c in s.columns if c.startswith("memory_peak[train_step]")]
     cols += [("pareto", "pareto"), ("n_failed", "failed")]
     return [(c, h) for c, h in cols if c in s.columns]

@@ -58,7 +58,9 @@ def test_compare_deltas():
 
 
 def test_render_table_units():
-    rows = [rec("a", 0, "latency_p50", 0.002, phase="inference", batch_size=1),
-            rec("a", 0, "quality", 0.5)]
+    rows = [rec("a", 0, "latency_p50", 0.002 * bs, phase="inference", batch_size=bs) for bs in (16, 1, 2)]
+    rows.append(rec("a", 0, "quality", 0.5))
     text = report.render_table(report.summary(report.to_frame(rows)))
-    assert "p50 ms@bs1" in text and "2" in text.splitlines()[2]
+    header, _, row = text.splitlines()
+    assert header.index("p50 ms@bs1 ") < header.index("p50 ms@bs2") < header.index("p50 ms@bs16")
+    assert row.split()[-4:-1] == ["2", "4", "32"]  # milliseconds, in batch-size order

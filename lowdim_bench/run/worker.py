@@ -130,8 +130,8 @@ class CellRun:
         recipe = self.recipe(task, method)
         deployed = method.for_inference(copy.deepcopy(model))
         mctx = api.MeasureContext(
-            task=task, method=method, model=model, inference_model=deployed, kind=cell.kind, device=self.device, protocol=cell.protocol,
-            make_optimizer=lambda m: make_optimizer(m, method, recipe.lr, recipe.weight_decay),
+            task=task, method=method, model=model, inference_model=deployed, kind=cell.kind, device=self.device,
+            protocol=cell.protocol, make_optimizer=lambda m: make_optimizer(m, method, recipe.lr, recipe.weight_decay),
             dense_params=dense.total, extras={"config": self.config})
         for name in cell.measure:
             metric = self.registry.metric(name).cls()

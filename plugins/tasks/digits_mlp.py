@@ -15,7 +15,8 @@ full fine-tuning recovers 0.96-0.97, and LoRA on the two hidden Linears (head fr
 reaches 0.85 at rank 2, 0.93 at rank 4 and 0.95 at rank 8 (0.62 / 0.71 / 0.82 at lr 3e-3, hence
 the finetune lr of 1e-2). Rejected: left-right
 flip (base still 0.41 on target); intensity inversion (base 0.006, full fine-tuning only 0.82,
-LoRA under 0.3); a label permutation (lives in the head, which methods skip). The `shift`
+LoRA under 0.3); a label permutation (lives almost entirely in the 10-way head, so it tests
+the head, not the adapter). The `shift`
 option keeps these for experiments.
 """
 from __future__ import annotations
