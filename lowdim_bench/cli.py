@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__, report
@@ -112,6 +112,16 @@ def _print_summary(s, fmt: str) -> None:
         print(report.render_table(s))
 
 
+def _print_claims(run_dir: Path) -> None:
+    path = Path(run_dir) / "claims.csv"
+    if path.exists():
+        import polars as pl
+
+        print("\nclaims:")
+        for r in pl.read_csv(path).to_dicts():
+            print(f"  {r['verdict']:13} {r['claim']}: {r['paper']}\n                {r['measured']}")
+
+
 def resolve_suite(name: str, registry: Registry) -> Path:
     path = Path(name)
     if path.exists():
@@ -153,13 +163,15 @@ def cmd_run(args, registry: Registry) -> int:
                         option = "--methods" if attr == "shown_name" else "--tasks"
                         raise SuiteError(f"{option}: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
                     cells = [c for c in cells if getattr(c, attr) in flag]
-            meta = {"name": suite.name, "version": suite.version, "path": str(suite.path)}
+            meta = {"name": suite.name, "version": suite.version, "path": str(suite.path),
+                    "claims": [asdict(c) for c in suite.claims]}
             plans.append((cells, meta))
         results = [run_cells(cells, meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
                              listeners=[ProgressPrinter()]) for cells, meta in plans]
     failed = False
     for res in results:
         _print_summary(report.summary(report.load(res.run_dir)), args.format)
+        _print_claims(res.run_dir)
         print(f"\nreport: {res.run_dir}/ (records.parquet, summary.csv, summary.md)")
         failed |= res.failed > 0 or res.cancelled
     return 1 if failed else 0
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.render_table(summary, args.metrics))
             else:
                 _print_summary(summary, args.format)
+                _print_claims(args.run_dir)
             return 0
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":

@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import api
+from .claims import RELATIONS, Check, Claim
 from .registry import Registry, UnknownName
 from .run.cells import Cell
 
@@ -32,7 +33,7 @@ DEFAULT_PROTOCOL: dict[str, Any] = {
     "train_batch_size": 64,
 }
 METHOD_KEYS = {"method", "budgets", "knobs", "kinds", "recipe", "lr_grid", "timeout_s"}
-TOP_KEYS = {"name", "version", "description", "tasks", "methods", "budgets", "seeds", "measure",
+TOP_KEYS = {"name", "version", "description", "tasks", "methods", "budgets", "seeds", "measure", "claims",
             "protocol", "tuning", "timeout_s", "recipe"}
 
 
@@ -68,6 +69,7 @@ class Suite:
     lr_grid: list[float]
     timeout_s: float
     recipe: dict[str, Any] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
 
 
 class _Where:
@@ -175,10 +177,12 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
             raise where.error("tuning", key, "unknown field; expected 'lr' (a learning-rate grid)")
     lr_grid = _numbers(where, "tuning", "lr", tuning["lr"], 0, None, lo_open=True) if "lr" in tuning else []
     recipe = _recipe(where, "recipe", raw.get("recipe", {}))
+    claims = _load_claims(where, raw.get("claims", []), tasks, methods)
 
     return Suite(path=path, name=name, version=version, description=str(raw.get("description", "")),
                  tasks=tasks, methods=methods, budgets=budgets, seeds=seeds, measure=list(measure),
-                 protocol=protocol, lr_grid=lr_grid, timeout_s=float(timeout), recipe=recipe)
+                 protocol=protocol, lr_grid=lr_grid, timeout_s=float(timeout), recipe=recipe,
+                 claims=claims)
 
 
 def _seconds(where: _Where, table: str | None, value: Any) -> float:
@@ -194,6 +198,45 @@ def _recipe(where: _Where, table: str, value: Any) -> dict[str, Any]:
         if key not in fields:
             raise where.error(table, key, f"unknown recipe field; expected one of {sorted(fields)}")
     return dict(value)
+
+
+def _load_claims(where: _Where, value: Any, tasks: dict[str, Any], methods: list["MethodEntry"]) -> list[Claim]:
+    """`[[claims]]`: name, text, task, optional kind, and `[[claims.checks]]` (see claims.Check)."""
+    if not isinstance(value, list):
+        raise where.error(None, "claims", "expected an array of tables ([[claims]])")
+    entries = {m.alias or m.name for m in methods}
+    out = []
+    for i, raw in enumerate(value):
+        table = f"claims #{i + 1}"
+        if not isinstance(raw, dict):
+            raise where.error(None, "claims", f"{table}: expected a table")
+        raw = dict(raw)
+        for key in ("name", "text", "task", "checks"):
+            if key not in raw:
+                raise where.error(None, "claims", f"{table}: required field {key!r} is missing")
+        if raw["task"] not in tasks:
+            raise where.error(None, "claims", f"{table}: task {raw['task']!r} is not in the suite's tasks {sorted(tasks)}")
+        kind = raw.get("kind")
+        if kind is not None and kind not in api.KINDS:
+            raise where.error(None, "claims", f"{table}: kind {kind!r} not in {api.KINDS}")
+        checks = []
+        for j, c in enumerate(raw["checks"] if isinstance(raw["checks"], list) else [None]):
+            where_c = f"{table} check #{j + 1}"
+            if not isinstance(c, dict) or "a" not in c or "b" not in c:
+                raise where.error(None, "claims", f"{where_c}: expected a table with 'a' and 'b' (\"method@size\")")
+            unknown = set(c) - set(Check.__dataclass_fields__)
+            if unknown:
+                raise where.error(None, "claims", f"{where_c}: unknown field(s) {sorted(unknown)}; "
+                                  f"expected {sorted(Check.__dataclass_fields__)}")
+            for ref in (c["a"], c["b"]):
+                if str(ref).partition("@")[0].strip() not in entries:
+                    raise where.error(None, "claims", f"{where_c}: {ref!r} names no method entry of the suite; "
+                                      f"entries: {sorted(entries)}")
+            if c.get("relation", "better") not in RELATIONS:
+                raise where.error(None, "claims", f"{where_c}: relation {c.get('relation')!r} not in {RELATIONS}")
+            checks.append(Check(**c))
+        out.append(Claim(name=str(raw["name"]), text=str(raw["text"]), task=raw["task"], kind=kind, checks=checks))
+    return out
 
 
 def _load_tasks(where: _Where, value: Any, registry: Registry) -> dict[str, dict[str, Any]]:

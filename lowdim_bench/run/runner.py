@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import report
+from .. import claims, report
 from ..registry import Registry
 from . import environment
 from .cells import Cell
@@ -113,7 +113,9 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
     header = (f"# {meta['suite'].get('name')} (version {meta['suite'].get('version')}) - run {run_id}\n\n"
               f"{dt.datetime.now():%Y-%m-%d %H:%M}, {env['device_name']}, torch {env['torch_version']}, "
               f"git {env['git_rev'] or 'unknown'}")
-    report.write(store.dir, store.records(), header)
+    summary = report.write(store.dir, store.records(), header)
+    if meta["suite"].get("claims"):
+        claims.write(store.dir, summary, meta["suite"]["claims"])
     store.set_status("finished" if completed else "cancelled")
     failed_total = sum(1 for c in store.finished().values() if c["status"] == "failed")
     ok_total = sum(1 for c in store.finished().values() if c["status"] == "ok")
