@@ -1,7 +1,9 @@
 """`lowdim-bench`: the headless entry point (run, list, compare, show).
 
 Exit codes: 0 every cell succeeded, 1 some cell failed, 2 usage or configuration error.
-`lowdim-bench` with no arguments is reserved for the Textual app; this module never imports
+`compare BASE NEW` is the regression gate (lowdim_bench/gate.py, docs/gate.md): 0 no regression,
+1 a regression beyond its tolerance, 2 usage error.
+`lowdim-bench` with no arguments opens the Textual app (lowdim_bench.tui); this module never imports
 Textual at import time (a test checks it).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import __version__, report
+from . import __version__, gate, intrinsic_dim, report
 from .registry import PluginLoadError, Registry
 from .run import events as ev
 from .run.executor import resolve_device
@@ -87,13 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, help="override the per-cell time limit (seconds)")
     r.add_argument("--format", choices=["table", "json", "markdown"], default="table")
 
+    n = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from (docs/plugins.md)")
+    n.add_argument("name", help="plugin name: lowercase words joined by '-', e.g. my-lora")
+    n.add_argument("--kind", default="adapt", help="adapt, compress, train, head, task or metric (default adapt)")
+    n.add_argument("--dir", type=Path, default=Path("."), help="parent folder (default: the current one)")
+
     ls = sub.add_parser("list", help="list plugins, methods, tasks, suites or metrics")
     ls.add_argument("what", nargs="?", default="methods", choices=["plugins", "methods", "tasks", "suites", "metrics"])
 
-    c = sub.add_parser("compare", help="per-metric deltas between two runs")
-    c.add_argument("a", type=Path)
-    c.add_argument("b", type=Path)
-    c.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    c = sub.add_parser("compare", help="gate NEW against BASE: exit 1 on a regression beyond its tolerance",
+                       description="Regression gate (docs/gate.md). Exit codes: 0 pass, 1 regression, 2 usage.")
+    c.add_argument("a", type=Path, metavar="BASE")
+    c.add_argument("b", type=Path, metavar="NEW")
+    c.add_argument("--fail-on", default=gate.DEFAULT_SPEC, metavar="SPEC",
+                   help=f"per-metric tolerances NAME:[+|-]X[%%], comma-separated; 'default' = {gate.DEFAULT_SPEC}; "
+                   "NAME:off drops one; 'none' gates only missing and failed rows (default: the default set)")
+    c.add_argument("--format", choices=["table", "markdown", "junit", "json"], default="table")
+    c.add_argument("--out", type=Path, metavar="FILE",
+                   help="write the --format output to FILE (the terminal table still goes to stdout)")
+    c.add_argument("--deltas", action="store_true", help="also print every metric's delta, gated or not")
 
     s = sub.add_parser("show", help="print a run's comparison table")
     s.add_argument("run_dir", type=Path)
@@ -164,7 +178,7 @@ def cmd_run(args, registry: Registry) -> int:
                         raise SuiteError(f"{option}: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
                     cells = [c for c in cells if getattr(c, attr) in flag]
             meta = {"name": suite.name, "version": suite.version, "path": str(suite.path),
-                    "claims": [asdict(c) for c in suite.claims]}
+                    "claims": [asdict(c) for c in suite.claims], "intrinsic_dimension": suite.intrinsic_dimension}
             plans.append((cells, meta))
         results = [run_cells(cells, meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
                              listeners=[ProgressPrinter()]) for cells, meta in plans]
@@ -172,6 +186,7 @@ def cmd_run(args, registry: Registry) -> int:
     for res in results:
         _print_summary(report.summary(report.load(res.run_dir)), args.format)
         _print_claims(res.run_dir)
+        intrinsic_dim.print_table(res.run_dir)
         print(f"\nreport: {res.run_dir}/ (records.parquet, summary.csv, summary.md)")
         failed |= res.failed > 0 or res.cancelled
     return 1 if failed else 0
@@ -206,27 +221,45 @@ def cmd_list(args, registry: Registry) -> int:
 
 
 def cmd_compare(args) -> int:
-    c = report.compare(report.load(args.a), report.load(args.b))
-    if args.format == "json":
-        print(json.dumps(c.to_dicts(), default=str, indent=1))
-    elif args.format == "markdown":
-        print(report.render_markdown_compare(c))
+    tolerances = gate.parse_spec(args.fail_on)  # a bad spec is a usage error before anything loads
+    base, new = report.load(args.a), report.load(args.b)
+    if args.deltas:
+        print(report.render_compare(report.compare(base, new)) + "\n")
+    result = gate.evaluate(base, new, tolerances)
+    rendered = {"table": gate.render_table, "markdown": gate.render_markdown, "junit": gate.render_junit,
+                "json": lambda r: json.dumps(gate.to_dicts(r), default=str, indent=1)}[args.format](result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(rendered if rendered.endswith("\n") else rendered + "\n")
+        print(gate.render_table(result))
+        print(f"{args.format} written to {args.out}", file=sys.stderr)
     else:
-        print(report.render_compare(c))
-    return 0
+        print(rendered)
+    return 0 if result.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("lowdim-bench: the terminal app is not part of this release yet.\n"
-              "Run a suite headless: lowdim-bench run suites/smoke.toml   (see --help)", file=sys.stderr)
-        return USAGE_ERROR
+        from .tui.app import main as app_main  # lazy: the headless path never imports Textual
+
+        return app_main([])
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return USAGE_ERROR
     try:
+        if args.command == "new-plugin":
+            from .scaffold import ScaffoldError, new_plugin
+
+            try:
+                made = new_plugin(args.name, args.kind, args.dir)
+            except ScaffoldError as e:
+                raise SuiteError(str(e)) from None
+            print(f"wrote {made.root}/ ({made.kind} plugin {made.name!r}, distribution {made.dist})\n"
+                  f"next: pip install -e {made.root} && lowdim-bench list plugins && "
+                  f"lowdim-bench run {made.name}-smoke && (cd {made.root} && python -m pytest -q)")
+            return 0
         if args.command in ("compare", "show"):
             for d in ([args.a, args.b] if args.command == "compare" else [args.run_dir]):
                 if not (Path(d) / "run.json").exists():
@@ -239,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_summary(summary, args.format)
                 _print_claims(args.run_dir)
+                intrinsic_dim.print_table(args.run_dir)
             return 0
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":

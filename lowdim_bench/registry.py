@@ -25,6 +25,8 @@ GROUP = "lowdim_bench"
 BUILTIN_DIST = "lowdim-bench"
 ENV_ALLOW = "LOWDIM_BENCH_PLUGINS"
 ENV_MODULES = "LOWDIM_BENCH_PLUGIN_MODULES"  # importable modules loaded as plugins, uninstalled (like pytest -p)
+ENV_BLOCK = "LOWDIM_BENCH_BLOCK_PLUGINS"  # plugins never loaded, by entry-point, distribution or module name
+ENV_TRACE = "LOWDIM_BENCH_TRACE_PLUGINS"  # "1": print each hook call to stderr
 
 
 class PluginLoadError(Exception):
@@ -73,6 +75,19 @@ def code_version(cls: type, plugin: PluginInfo) -> str:
     return f"{plugin.version or '0'}+{digest}"
 
 
+def _block_list() -> set[str]:
+    return {x.strip() for x in os.environ.get(ENV_BLOCK, "").split(",") if x.strip()}
+
+
+def _tracing() -> bool:
+    return os.environ.get(ENV_TRACE, "").strip() not in ("", "0")
+
+
+def _trace(text: str) -> None:
+    if _tracing():
+        print(f"lowdim-bench plugins: {text}", file=sys.stderr, flush=True)
+
+
 def _allow_list() -> set[str] | None:
     raw = os.environ.get(ENV_ALLOW)
     if raw is None:
@@ -99,6 +114,7 @@ class Registry:
         third-party plugins by entry-point or distribution name; built-ins always load."""
         reg = cls()
         allowed = set(allow) if allow is not None else _allow_list()
+        blocked = _block_list()
         for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else None
             info = PluginInfo(name=ep.name, module=ep.value, dist=dist, version=ep.dist.version if ep.dist else None)
@@ -109,6 +125,11 @@ class Registry:
                 info.error = f"not in {ENV_ALLOW}"
                 reg.plugins[info.name] = info
                 continue
+            if {ep.name, dist, ep.value} & blocked:
+                info.status = "skipped"
+                info.error = f"blocked by {ENV_BLOCK}"
+                reg.plugins[info.name] = info
+                continue
             try:
                 obj = ep.load()
             except BaseException:  # a plugin may even call sys.exit on import
@@ -117,6 +138,10 @@ class Registry:
             reg._add(obj, info)
         for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):
             info = PluginInfo(name=module, module=module, dist=None, version=None)
+            if module in blocked:
+                info.status, info.error = "skipped", f"blocked by {ENV_BLOCK}"
+                reg.plugins[info.name] = info
+                continue
             try:
                 obj = importlib.import_module(module)
             except BaseException:
@@ -159,14 +184,19 @@ class Registry:
                 info = self.plugins[impl.plugin_name]
 
                 def register(cls: type, _info=info, _what=what, _table=table, _base=base) -> None:
+                    _trace(f"  {_info.name}: register({getattr(cls, '__qualname__', cls)!r}) as {_what} "
+                           f"{getattr(cls, 'name', '?')!r}")
                     self._register(cls, _info, _what, _table, _base)
 
+                _trace(f"call {hook_name} of plugin {info.name!r} ({info.module})")
                 try:
                     impl.function(register=register)
-                except Exception:
+                except Exception as exc:
+                    _trace(f"  {info.name}: {hook_name} raised {type(exc).__name__}: {exc}")
                     self._broken(info, f"hook {hook_name} raised:\n{traceback.format_exc()}")
         for impl in self.pm.hook.suite_paths.get_hookimpls():
             info = self.plugins[impl.plugin_name]
+            _trace(f"call suite_paths of plugin {info.name!r} ({info.module})")
             try:
                 for p in impl.function() or []:
                     self.suite_dirs.append(Path(p))

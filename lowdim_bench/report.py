@@ -59,6 +59,20 @@ def _with_size(df: pl.DataFrame) -> pl.DataFrame:
         lambda s: size(s["budget"], s["knob"]), return_dtype=pl.Utf8).alias("size"))
 
 
+def _size_key(size: str) -> tuple[int, float]:
+    """Budgets first, then knob values, numerically (so knob 200 comes before knob 1000), then full."""
+    if size == "full":
+        return (2, 0.0)
+    if size.startswith("knob "):
+        return (1, float(size[5:]))
+    return (0, float(size))
+
+
+def _sorted(s: pl.DataFrame) -> pl.DataFrame:
+    order = sorted(range(len(s)), key=lambda i: (s["task"][i], s["kind"][i], s["method"][i], _size_key(s["size"][i])))
+    return s[order]
+
+
 def summary(df: pl.DataFrame) -> pl.DataFrame:
     """One row per task/kind/method/size: mean over seeds of every metric, quality spread,
     seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
@@ -74,35 +88,51 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("error").filter(pl.col("status") == "failed").first().alias("first_error"),
     )
     if ok.is_empty():
-        return counts.sort(GROUP)
+        return _sorted(counts)
     per_seed = ok.group_by(GROUP + ["seed", "column"]).agg(pl.col("value").mean())
     wide = per_seed.group_by(GROUP + ["column"]).agg(pl.col("value").mean().alias("mean")).pivot(
         on="column", index=GROUP, values="mean")
-    spread = per_seed.filter(pl.col("column") == "quality").group_by(GROUP).agg(
-        pl.col("value").std().alias("quality_std"))
+    spread = per_seed.filter((pl.col("column") == "quality") & pl.col("value").is_not_nan()).group_by(GROUP).agg(
+        pl.col("value").std().alias("quality_std"), pl.len().cast(pl.Int64).alias("quality_n"))
+    spread = spread.with_columns(pl.struct(["quality_n", "quality_std"]).map_elements(
+        lambda s: _ci95(s["quality_n"], s["quality_std"]), return_dtype=pl.Float64).alias("quality_ci95"))
     units = ok.group_by("column").agg(pl.col("unit").first())
     dirs = ok.filter(pl.col("metric") == "quality").select("task", "higher_is_better").unique("task")
     out = counts.join(wide, on=GROUP, how="left").join(spread, on=GROUP, how="left")
-    out = out.join(dirs, on="task", how="left").sort(GROUP)
+    out = _sorted(out.join(dirs, on="task", how="left"))
     out = mark_pareto(out)
     return out.with_columns(pl.lit(json.dumps(dict(units.iter_rows()))).alias("units"))
 
 
+def _ci95(n: int | None, std: float | None) -> float | None:
+    """Half-width of the two-sided 95% t interval of a mean of n values (None below 2 values)."""
+    if not n or n < 2 or std is None or math.isnan(std):
+        return None
+    from .stats import t_quantile  # local: stats imports polars only, but keeps report light
+
+    return t_quantile(0.975, n - 1) * std / math.sqrt(n)
+
+
 def mark_pareto(s: pl.DataFrame) -> pl.DataFrame:
     """Pareto front of quality vs parameters within each task and kind (trainable params for
-    adapt, stored otherwise): a row is on it when no other row is at most as large and better."""
+    adapt, stored otherwise): a row is on it when no other row is at most as large and better.
+
+    `pareto_tie`: a row off the front only by quality differences inside the 95% intervals
+    (`quality_ci95`; a row without one is its mean alone): its quality could exceed that of
+    every row that dominates it, so with more seeds it might be on the front."""
     if "quality" not in s.columns:
-        return s.with_columns(pl.lit(False).alias("pareto"))
-    flags = []
+        return s.with_columns(pl.lit(False).alias("pareto"), pl.lit(False).alias("pareto_tie"))
+    flags, ties = [], []
     rows = s.to_dicts()
     for r in rows:
         pcol = "params_trainable" if r["kind"] == "adapt" else "params_stored"
         p, q, hib = r.get(pcol), r.get("quality"), r.get("higher_is_better")
         if p is None or q is None:
             flags.append(False)
+            ties.append(False)
             continue
         sign = 1 if hib in (None, True) else -1
-        dominated = False
+        dominators = []
         for o in rows:
             if o is r or o["task"] != r["task"] or o["kind"] != r["kind"]:
                 continue
@@ -110,10 +140,17 @@ def mark_pareto(s: pl.DataFrame) -> pl.DataFrame:
             if op is None or oq is None:
                 continue
             if op <= p and sign * oq >= sign * q and (op < p or sign * oq > sign * q):
-                dominated = True
-                break
-        flags.append(not dominated)
-    return s.with_columns(pl.Series("pareto", flags, dtype=pl.Boolean))
+                dominators.append(o)
+        flags.append(not dominators)
+        ties.append(bool(dominators) and all(_could_beat(r, o, sign) for o in dominators))
+    return s.with_columns(pl.Series("pareto", flags, dtype=pl.Boolean),
+                          pl.Series("pareto_tie", ties, dtype=pl.Boolean))
+
+
+def _could_beat(r: dict, o: dict, sign: int) -> bool:
+    """Whether r's quality could exceed o's: r's interval reaches past o's (95% half-widths)."""
+    half = lambda x: x.get("quality_ci95") if x.get("quality_ci95") is not None else 0.0
+    return sign * r["quality"] + half(r) > sign * o["quality"] - half(o)
 
 
 # ---- display ------------------------------------------------------------------------------------
@@ -138,13 +175,13 @@ def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
     """(column, header) pairs the comparison table shows, in order, those present in the summary."""
     cols = [("task", "task"), ("kind", "kind"), ("method", "method"), ("size", "budget"),
             ("budget_reached", "reached"), ("quality", "quality"), ("quality_std", "±"),
-            ("n_seeds", "seeds"), ("params_trainable", "trainable"), ("params_stored", "stored"),
+            ("quality_ci95", "±95%"), ("n_seeds", "seeds"), ("params_trainable", "trainable"), ("params_stored", "stored"),
             ("stored_bytes", "bytes"), ("flops_forward", "FLOPs/sample")]
     latency = [c for c in s.columns if c.startswith("latency_p50[inference]@bs")]
     latency.sort(key=lambda c: int(c.rsplit("@bs", 1)[1]))
     cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in latency]
     cols += [(c, "train peak MiB") for c in s.columns if c.startswith("memory_peak[train_step]")]
-    cols += [("pareto", "pareto"), ("n_failed", "failed")]
+    cols += [("pareto", "pareto"), ("pareto_tie", "tie"), ("n_failed", "failed")]
     return [(c, h) for c, h in cols if c in s.columns]
 
 
@@ -199,9 +236,11 @@ def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "") 
     s = summary(df)
     if not s.is_empty():
         s.write_csv(run_dir / "summary.csv")
-    notes = ("Quality is the task's metric on its test split (mean over seeds, ± = std). Latency in ms "
+    notes = ("Quality is the task's metric on its test split (mean over seeds, ± = std, ±95% = half-width of "
+             "the 95% t interval, `-` with one seed; `seeds` = how many seeds stand behind each row). Latency in ms "
              "(median), memory in MiB (peak of one training step), FLOPs per sample. "
-             "`pareto` marks rows on the quality-vs-parameters front of their task and kind.\n")
+             "`pareto` marks rows on the quality-vs-parameters front of their task and kind; `tie` marks rows "
+             "off it only by quality differences inside the 95% intervals.\n")
     (run_dir / "summary.md").write_text(f"{header}\n\n{render_markdown(s)}\n{notes}")
     return s
 
@@ -212,7 +251,7 @@ def compare(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
     sa, sb = summary(a), summary(b)
     if sa.is_empty() or sb.is_empty():
         return pl.DataFrame()
-    skip = set(GROUP) | {"n_failed", "first_error", "units", "pareto", "higher_is_better"}
+    skip = set(GROUP) | {"n_failed", "first_error", "units", "pareto", "pareto_tie", "higher_is_better"}
     metrics = [c for c in sa.columns if c in sb.columns and c not in skip]
     la = sa.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="a")
     lb = sb.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="b")

@@ -19,6 +19,7 @@ else:  # pragma: no cover
 
 from . import api
 from .claims import RELATIONS, Check, Claim
+from .intrinsic_dim import parse_options as _intrinsic_options
 from .registry import Registry, UnknownName
 from .run.cells import Cell
 
@@ -31,10 +32,14 @@ DEFAULT_PROTOCOL: dict[str, Any] = {
     "threads": 0,  # 0 = every usable core, divided among parallel jobs
     "memory_batch_size": 64,
     "train_batch_size": 64,
+    "interleave": True,  # after a task's cells finish, time them all A B A B in one process
+    "compile": False,  # also time torch.compile'd inference, compile time kept apart
+    "roofline": True,  # latency records carry their roofline bound (device calibrated at run start)
 }
-METHOD_KEYS = {"method", "budgets", "knobs", "kinds", "recipe", "lr_grid", "timeout_s"}
+BOOL_PROTOCOL = {"interleave", "compile", "roofline"}
+METHOD_KEYS = {"method", "budgets", "knobs", "kinds", "recipe", "lr_grid", "timeout_s", "tasks"}
 TOP_KEYS = {"name", "version", "description", "tasks", "methods", "budgets", "seeds", "measure", "claims",
-            "protocol", "tuning", "timeout_s", "recipe"}
+            "protocol", "tuning", "timeout_s", "recipe", "intrinsic_dimension"}
 
 
 class SuiteError(Exception):
@@ -52,6 +57,7 @@ class MethodEntry:
     recipe: dict[str, Any]
     lr_grid: list[float]
     timeout_s: float | None = None
+    tasks: list[str] = field(default_factory=list)  # only these of the suite's tasks (default: all)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class Suite:
     timeout_s: float
     recipe: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    intrinsic_dimension: dict[str, Any] | None = None  # [intrinsic_dimension]: the d_int90 analysis
 
 
 class _Where:
@@ -151,7 +158,7 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
     timeout = _seconds(where, None, raw.get("timeout_s", 600))
 
     tasks = _load_tasks(where, raw["tasks"], registry)
-    methods = _load_methods(where, raw["methods"], registry)
+    methods = _load_methods(where, raw["methods"], registry, set(tasks))
     measure = raw.get("measure", DEFAULT_MEASURE)
     if not isinstance(measure, list) or not all(isinstance(m, str) for m in measure):
         raise where.error(None, "measure", f"expected a list of metric names, got {measure!r}")
@@ -167,6 +174,9 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
             raise where.error("protocol", key, f"unknown field; expected one of {sorted(DEFAULT_PROTOCOL)}")
         if key == "batch_sizes":
             value = _numbers(where, "protocol", key, value, 1, None, integer=True)
+        elif key in BOOL_PROTOCOL:
+            if not isinstance(value, bool):
+                raise where.error("protocol", key, f"expected true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise where.error("protocol", key, f"expected a number >= 0, got {value!r}")
         protocol[key] = value
@@ -178,11 +188,15 @@ def load_suite(path: str | Path, registry: Registry) -> Suite:
     lr_grid = _numbers(where, "tuning", "lr", tuning["lr"], 0, None, lo_open=True) if "lr" in tuning else []
     recipe = _recipe(where, "recipe", raw.get("recipe", {}))
     claims = _load_claims(where, raw.get("claims", []), tasks, methods)
+    intrinsic = None
+    if "intrinsic_dimension" in raw:  # validated here, evaluated at the end of the run (intrinsic_dim.py)
+        intrinsic = vars(_intrinsic_options(raw["intrinsic_dimension"], [(m.alias or m.name, m.name) for m in methods],
+                                            lambda key, msg: where.error("intrinsic_dimension", key, msg)))
 
     return Suite(path=path, name=name, version=version, description=str(raw.get("description", "")),
                  tasks=tasks, methods=methods, budgets=budgets, seeds=seeds, measure=list(measure),
                  protocol=protocol, lr_grid=lr_grid, timeout_s=float(timeout), recipe=recipe,
-                 claims=claims)
+                 claims=claims, intrinsic_dimension=intrinsic)
 
 
 def _seconds(where: _Where, table: str | None, value: Any) -> float:
@@ -262,7 +276,7 @@ def _load_tasks(where: _Where, value: Any, registry: Registry) -> dict[str, dict
     return out
 
 
-def _load_methods(where: _Where, value: Any, registry: Registry) -> list[MethodEntry]:
+def _load_methods(where: _Where, value: Any, registry: Registry, suite_tasks: set[str]) -> list[MethodEntry]:
     if isinstance(value, list):
         value = {m: {} for m in value}
     if not isinstance(value, dict) or not value:
@@ -289,11 +303,16 @@ def _load_methods(where: _Where, value: Any, registry: Registry) -> list[MethodE
         recipe = _recipe(where, f"{table}.recipe", spec.pop("recipe", {}))
         lr_grid = _numbers(where, table, "lr_grid", spec.pop("lr_grid"), 0, None, lo_open=True) if "lr_grid" in spec else []
         timeout = _seconds(where, table, spec.pop("timeout_s")) if "timeout_s" in spec else None
+        only = spec.pop("tasks", [])
+        if not isinstance(only, list) or any(t not in suite_tasks for t in only):
+            raise where.error(table, "tasks", f"expected a list drawn from the suite's tasks {sorted(suite_tasks)}, "
+                              f"got {only!r}")
         for key in spec:
             if key not in cls.defaults:
                 raise where.error(table, key, f"unknown hyper-parameter of method {mname!r}; known: "
                                   f"{sorted(cls.defaults) or 'none'} (and {sorted(METHOD_KEYS)})")
-        entries.append(MethodEntry(mname, alias if alias != mname else "", spec, budgets, knobs, kinds, recipe, lr_grid, timeout))
+        entries.append(MethodEntry(mname, alias if alias != mname else "", spec, budgets, knobs, kinds, recipe, lr_grid, timeout,
+                                   only))
     return entries
 
 
@@ -309,6 +328,8 @@ def expand(suite: Suite, registry: Registry, device: str = "cpu") -> list[Cell]:
     for tname, tspec in suite.tasks.items():
         task_p = registry.task(tname)
         for entry in suite.methods:
+            if entry.tasks and tname not in entry.tasks:
+                continue
             prov = registry.method(entry.name)
             cls = prov.cls
             kinds = entry.kinds or ([k for k in cls.supported_kinds() if k in used_kinds] or [cls.kind])

@@ -38,8 +38,12 @@ def test_unknown_suite_name_lists_known(capsys):
     assert "known: " in capsys.readouterr().err
 
 
-def test_no_arguments_is_reserved_for_the_app(capsys):
-    assert main([]) == 2
+def test_no_arguments_opens_the_app(monkeypatch):
+    import lowdim_bench.tui.app as app
+
+    calls = []
+    monkeypatch.setattr(app, "main", lambda argv: calls.append(argv) or 7)
+    assert main([]) == 7 and calls == [[]]
 
 
 @pytest.mark.parametrize("module", ["lowdim_bench.cli", "lowdim_bench.run.runner", "lowdim_bench.run.worker",

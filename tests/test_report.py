@@ -64,3 +64,10 @@ def test_render_table_units():
     header, _, row = text.splitlines()
     assert header.index("p50 ms@bs1 ") < header.index("p50 ms@bs2") < header.index("p50 ms@bs16")
     assert row.split()[-4:-1] == ["2", "4", "32"]  # milliseconds, in batch-size order
+
+
+def test_sizes_sort_numerically():
+    rows = [rec("a", 0, "quality", 0.5, budget=None, knob=k) for k in (1000.0, 200.0, 30.0)]
+    rows += [rec("a", 0, "quality", 0.5, budget=b) for b in (0.3, 0.05)]
+    s = report.summary(report.to_frame(rows))
+    assert s["size"].to_list() == ["0.05", "0.3", "knob 30", "knob 200", "knob 1000"]

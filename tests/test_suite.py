@@ -75,3 +75,12 @@ def test_builtin_suites_validate():
     for f in reg.suite_files():
         suite = load_suite(f, reg)
         assert expand(suite, reg), f
+
+
+def test_method_entry_restricted_to_tasks(tmp_path, reg):
+    body = ('name = "r"\nmeasure = ["params"]\n[tasks.tiny]\n[tasks.digits-mlp]\n'
+            '[methods.dense]\n[methods.fake-width]\ntasks = ["tiny"]\nknobs = [2]\n')
+    cells = expand(load_suite(write_suite(tmp_path / "s.toml", body), reg), reg)
+    assert {(c.task, c.method) for c in cells} == {("tiny", "dense"), ("digits-mlp", "dense"), ("tiny", "fake-width")}
+    with pytest.raises(SuiteError, match=r"\[methods.fake-width\] field 'tasks': expected a list drawn from"):
+        load_suite(write_suite(tmp_path / "s.toml", body.replace('["tiny"]', '["tni"]')), reg)

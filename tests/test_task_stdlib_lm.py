@@ -255,3 +255,55 @@ def test_a_few_dozen_steps_lower_the_loss(task: StdlibLM) -> None:
         opt.step()
     after = task.evaluate(model, splits["val"])
     assert after < before - 1.0, (before, after)
+
+
+ADAPT_TO_TESTS = """
+name = "stdlib-adapt-tiny"
+version = "1"
+budgets = [0.05]
+seeds = [0]
+measure = ["params"]
+timeout_s = 120
+[tasks.stdlib-lm]
+target = "tests"
+d_model = 64
+n_heads = 4
+d_ff = 192
+context = 64
+steps = 30
+finetune_steps = 30
+max_corpus_bytes = 200000
+eval_windows = 32
+[methods.dense]
+kinds = ["adapt"]
+[methods.lora]
+[protocol]
+threads = 1  # two threads on a shared 2-core box spin against each other: 20x slower steps
+"""
+
+
+@pytest.mark.slow
+def test_adapt_variant_runs_end_to_end_through_the_cli(tmp_path: Path) -> None:
+    """Base pretrained on library code (source), then dense and LoRA adapted to the tests (target)."""
+    import json
+
+    import polars as pl
+
+    from lowdim_bench.cli import main
+
+    if not corpus.part_files(corpus.stdlib_root(), "tests"):
+        pytest.skip("this Python ships no stdlib tests")
+    suite = tmp_path / "adapt.toml"
+    suite.write_text(ADAPT_TO_TESTS)
+    assert main(["run", str(suite), "--out", str(tmp_path / "reports"), "--device", "cpu"]) == 0
+    (run_dir,) = (tmp_path / "reports").iterdir()
+    df = pl.read_parquet(run_dir / "records.parquet")
+    assert set(df["status"]) == {"ok"} and set(df["kind"]) == {"adapt"}
+    quality = {r["method"]: r["value"] for r in df.filter(pl.col("metric") == "quality").to_dicts()}
+    assert sorted(quality) == ["dense", "lora"]
+    assert all(0 < q < 8 for q in quality.values()), quality  # both learned something beyond uniform
+    config = json.loads(df.filter(pl.col("method") == "lora")["config"][0])
+    assert config["base_model"]["stage"] == "source" and config["cell"]["task_options"]["target"] == "tests"
+    lora = df.filter((pl.col("method") == "lora") & (pl.col("metric") == "params_trainable")).row(0, named=True)
+    dense = df.filter((pl.col("method") == "dense") & (pl.col("metric") == "params_trainable")).row(0, named=True)
+    assert 0 < lora["budget_reached"] <= 0.05 and lora["value"] < dense["value"]

@@ -8,7 +8,10 @@ Why our own formulas (torch 2.13, CPU; see docs/measurement.md, "FLOPs"):
 - a sparse operand of mm/addmm/bmm is counted by torch as the dense product, and
   torch.sparse.mm (aten._sparse_addmm) is not counted at all: we count 2 x nnz x N;
 - CPU attention (aten._scaled_dot_product_flash_attention_for_cpu and its backward) counts 0:
-  we count it like torch counts the other fused attention kernels.
+  we count it like torch counts the other fused attention kernels;
+- the inference fast paths of nn.MultiheadAttention (aten._native_multi_head_attention) and
+  nn.TransformerEncoderLayer (aten._transformer_encoder_layer_fwd) are single fused ops that
+  count 0 (on CPU and CUDA): we count their projections, attention and FFN Linears.
 The formulas read the raw tensors (get_raw), because nnz is not in a shape.
 
 Executed vs ideal: `executed` is what the kernels did. A module whose kernels do more than its
@@ -113,6 +116,33 @@ def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_val=None, **kwargs) -> int:
     return attention_backward_flops(q.shape, k.shape, v.shape)
 
 
+def _lengths(t: torch.Tensor) -> list[int]:
+    """Sequence length of each batch element of a (B, L, E) tensor, nested (ragged) or not."""
+    if t.is_nested:
+        return [int(s.shape[0]) for s in t.unbind()]
+    return [int(t.shape[1])] * int(t.shape[0])
+
+
+def fused_attention_block_flops(q_lengths: list[int], k_lengths: list[int], embed_dim: int) -> int:
+    """Q, K, V and output projections plus Q K^T and P V, summed over the batch (all heads)."""
+    e = embed_dim
+    return sum(2 * lq * e * e + 4 * lk * e * e + 4 * lq * lk * e + 2 * lq * e * e
+               for lq, lk in zip(q_lengths, k_lengths))
+
+
+def _native_mha(query, key, value, embed_dim, num_head, *args, out_val=None, **kwargs) -> int:
+    """nn.MultiheadAttention's inference fast path (one fused op; torch counts 0)."""
+    return fused_attention_block_flops(_lengths(query), _lengths(key), int(embed_dim))
+
+
+def _encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
+                       norm_first, eps, nw1, nb1, nw2, nb2, ffn_weight_1, *args, out_val=None, **kwargs) -> int:
+    """nn.TransformerEncoderLayer's inference fast path: self-attention block plus the two FFN Linears."""
+    lengths = _lengths(src)
+    ffn = int(ffn_weight_1.shape[0])
+    return fused_attention_block_flops(lengths, lengths, int(embed_dim)) + sum(4 * n * int(embed_dim) * ffn for n in lengths)
+
+
 def _raw(fn: Callable[..., int]) -> Callable[..., int]:
     fn._get_raw = True  # FlopCounterMode then passes tensors, not shapes
     return fn
@@ -132,6 +162,8 @@ def flop_mapping() -> dict[Any, Callable[..., int]]:
         aten.sparse_sampled_addmm: _sampled_addmm,
         aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
         aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+        aten._native_multi_head_attention: _native_mha,
+        aten._transformer_encoder_layer_fwd: _encoder_layer_fwd,
     }
     return {op: _raw(fn) for op, fn in mapping.items()}
 

@@ -148,10 +148,12 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: torc
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device | str,
-                     clock: Clock = time.perf_counter) -> dict[str, LatencyStats]:
+                     clock: Clock = time.perf_counter, max_seconds: float | None = None) -> dict[str, LatencyStats]:
     """Time several functions in rounds A B A B ..., so a slow spell of the machine hits all alike.
 
     Compare methods by the ratio of their figures from one such run, not across runs.
+    `max_seconds` caps the timed rounds (checked after each round, never before MIN_SAMPLES rounds),
+    so every function keeps the same number of calls.
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
@@ -161,11 +163,44 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats:
             fn()
     _sync(dev)
     timers = {name: _CallTimer(dev, clock) for name in fns}
-    for _ in range(repeats):
+    start = clock()
+    for i in range(repeats):
         for name, fn in fns.items():
             timers[name].call(fn)
+        if max_seconds is not None and i + 1 >= MIN_SAMPLES and clock() - start >= max_seconds:
+            break
     threads = torch.get_num_threads()
     return {name: summarise(t.times(), threads, str(dev)) for name, t in timers.items()}
+
+
+@dataclass
+class CompiledTiming:
+    """torch.compile's first call (compile time) kept apart from the steady-state latency."""
+
+    compile_seconds: float  # first call of the compiled model: tracing, code generation and one run
+    stats: LatencyStats  # per-call times after it, warm-up skipped as for eager
+
+
+def time_compiled_inference(model: nn.Module, inputs: tuple, warmup: int, repeats: int,
+                            device: torch.device | str, max_seconds: float | None = None,
+                            backend: str = "inductor", clock: Clock = time.perf_counter) -> CompiledTiming:
+    """Compile model (in eval mode), time its first call on its own, then time it like `time_inference`.
+
+    torch._dynamo is reset first, so every call measures a cold compile (a second batch size would
+    otherwise reuse or recompile the earlier graph, and its compile time would mean something else).
+    """
+    import torch._dynamo
+
+    dev = torch.device(device)
+    torch._dynamo.reset()
+    with eval_mode(model), torch.no_grad():
+        compiled = torch.compile(model, backend=backend)
+        t0 = clock()
+        compiled(*inputs)
+        _sync(dev)
+        first = clock() - t0
+        stats = time_calls(lambda: compiled(*inputs), warmup, repeats, dev, max_seconds, clock)
+    return CompiledTiming(first, stats)
 
 
 @contextmanager

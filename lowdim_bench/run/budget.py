@@ -6,11 +6,19 @@ the largest knob value that stays within the budget, so no method is compared ab
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 from torch import nn
 
 from ..api import ApplyContext, Method
 from ..measure.params import count_params
+
+
+def fresh(ctx: ApplyContext) -> ApplyContext:
+    """The same context with a newly seeded generator, so each apply of a search draws the same
+    numbers and the chosen model does not depend on which knob values were tried before it."""
+    return replace(ctx, generator=torch.Generator().manual_seed(ctx.seed))
 
 
 @dataclass
@@ -34,7 +42,7 @@ def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int
 
     def at(k: float) -> Sized:
         if k not in seen:
-            m = method.apply(base, k, ctx)
+            m = method.apply(base, k, fresh(ctx))
             seen[k] = Sized(m, k, counted(m, kind) / dense)
         return seen[k]
 
@@ -60,11 +68,11 @@ def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int
 def apply_sized(method: Method, base: nn.Module, kind: str, budget: float | None, knob: float | None,
                 dense: int, ctx: ApplyContext) -> Sized:
     if method.knob is None or (budget is None and knob is None):
-        m = method.apply(base, None, ctx)
+        m = method.apply(base, None, fresh(ctx))
         return Sized(m, None, counted(m, kind) / dense)
     if knob is not None:
         k = int(knob) if method.knob.integer else knob
-        m = method.apply(base, k, ctx)
+        m = method.apply(base, k, fresh(ctx))
         return Sized(m, k, counted(m, kind) / dense)
     return search(method, base, kind, budget, dense, ctx)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import claims, report
+from .. import claims, intrinsic_dim, report
 from ..registry import Registry
-from . import environment
+from . import environment, interleave
 from .cells import Cell
 from .events import (CellFailed, CellFinished, CellStarted, EventBus, Progress, RecordsReady, RunFinished,
                      RunStarted)
@@ -56,6 +56,21 @@ def failure_record(cell: Cell, run_id: str, registry: Registry, reason: str, tb:
             "config": None}
 
 
+def _calibrate(cells: list[Cell], executor: LocalExecutor) -> dict[str, Any] | None:
+    """Roofline calibration at run start (cached per device, torch version and worker threads), so
+    workers read it instead of measuring it side by side. None when no cell asks for it."""
+    if not any("latency" in c.measure and c.protocol.get("roofline", True) for c in cells):
+        return None
+    from dataclasses import asdict
+
+    from ..measure import roofline
+
+    try:
+        return asdict(roofline.calibrate(executor.slots[0], executor.threads))
+    except Exception as exc:  # a failed calibration leaves the records without a bound, not the run dead
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry, out_dir: Path = Path("reports"),
               device: str = "cpu", jobs: int = 1, listeners: list[Callable] | None = None,
               resume: Path | None = None, retry_failed: bool = False,
@@ -71,6 +86,11 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
         done = set()
     todo = [c for c in cells if c.key not in done]
     run_id = store.run_id
+    executor = LocalExecutor(device=device, jobs=jobs, threads=int(cells[0].protocol.get("threads", 0)) if cells else 0)
+    if todo:
+        meta = store.meta()
+        meta.setdefault("environment", {})["roofline"] = _calibrate(todo, executor)
+        store.write_meta(meta)
     bus.emit(RunStarted(run_id, suite_meta.get("name", "?"), str(store.dir), len(cells), len(cells) - len(todo)))
     store.set_status("running")
 
@@ -107,8 +127,10 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
         elif kind == "cancelled":
             pending.pop(key, None)
 
-    executor = LocalExecutor(device=device, jobs=jobs, threads=int(cells[0].protocol.get("threads", 0)) if cells else 0)
     completed = executor.run(todo, run_id, on_message, should_stop)
+    if completed:  # after every cell, so nothing else of the run competes for the cores
+        interleave.post_phase(store, cells, {c.key for c in todo}, run_id, executor.threads, executor.slots[0],
+                              lambda key, i, n: bus.emit(Progress(key, "interleaved latency", i, n)), should_stop)
     meta = store.meta()
     header = (f"# {meta['suite'].get('name')} (version {meta['suite'].get('version')}) - run {run_id}\n\n"
               f"{dt.datetime.now():%Y-%m-%d %H:%M}, {env['device_name']}, torch {env['torch_version']}, "
@@ -116,8 +138,11 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
     summary = report.write(store.dir, store.records(), header)
     if meta["suite"].get("claims"):
         claims.write(store.dir, summary, meta["suite"]["claims"])
+    if meta["suite"].get("intrinsic_dimension"):
+        intrinsic_dim.write(store.dir, report.load(store.dir), meta["suite"]["intrinsic_dimension"])
     store.set_status("finished" if completed else "cancelled")
-    failed_total = sum(1 for c in store.finished().values() if c["status"] == "failed")
-    ok_total = sum(1 for c in store.finished().values() if c["status"] == "ok")
+    cell_status = [c["status"] for k, c in store.finished().items() if not interleave.is_interleave_key(k)]
+    failed_total = cell_status.count("failed")
+    ok_total = cell_status.count("ok")
     bus.emit(RunFinished(run_id, str(store.dir), ok_total, failed_total, cancelled=not completed))
     return RunResult(store.dir, ok_total, failed_total, not completed)

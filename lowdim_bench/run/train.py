@@ -57,6 +57,7 @@ def train(model: nn.Module, task: Task, method: Method | None, split: Any, recip
     opt = make_optimizer(model, method, recipe.lr, recipe.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe))
     batches = task.batches(split, recipe.batch_size, gen)
+    clipped = [p for group in opt.param_groups for p in group["params"]]  # once: per-step lookups cost
     model.train()
     start, loss_value = time.perf_counter(), None
     for step in range(recipe.steps):
@@ -71,7 +72,7 @@ def train(model: nn.Module, task: Task, method: Method | None, split: Any, recip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.grad_clip:
-            nn.utils.clip_grad_norm_(trainable(model), recipe.grad_clip)
+            nn.utils.clip_grad_norm_(clipped, recipe.grad_clip)
         opt.step()
         sched.step()
         if method is not None:

@@ -101,7 +101,7 @@ class CellRun:
             seed_everything(cell.seed)
             start = task.make_model(cell.seed).to(self.device)
         else:
-            start = self.base_model(task, "source" if cell.kind in ("adapt", "head") else "target")
+            start = self.base_model(task, base_stage(cell.kind))
         dense = count_params(start)
         before = _checksum(start)
         gen = torch.Generator().manual_seed(cell.seed)
@@ -171,6 +171,11 @@ class CellRun:
         if result.final_loss is not None:
             self.emit([api.Measurement("train_loss_final", result.final_loss, "nats")], None)
         return model, val
+
+
+def base_stage(kind: str) -> str:
+    """Which stage a cell's base model is trained on: adapt and head start from the source stage."""
+    return "source" if kind in ("adapt", "head") else "target"
 
 
 def _checksum(model: torch.nn.Module) -> tuple:

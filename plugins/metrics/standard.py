@@ -11,7 +11,7 @@ import torch
 
 from lowdim_bench.api import Measurement, MeasureContext, Metric
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.measure import flops, latency, memory, params
+from lowdim_bench.measure import flops, latency, memory, params, roofline
 
 
 def _train_step(ctx: MeasureContext, model: torch.nn.Module, batch_size: int):
@@ -39,10 +39,14 @@ class FlopsMetric(Metric):
         fwd = flops.forward_flops(ctx.inference_model.eval(), ctx.task.example_inputs(bs, ctx.device))
         train_model = copy.deepcopy(ctx.model).train()
         step = flops.train_step_flops(train_model, _train_step(ctx, train_model, bs))
-        return [Measurement("flops_forward", fwd.executed / bs, "FLOPs/sample"),
-                Measurement("flops_forward_ideal", fwd.ideal / bs, "FLOPs/sample"),
-                Measurement("flops_train_step", step.executed / bs, "FLOPs/sample"),
-                Measurement("flops_train_step_ideal", step.ideal / bs, "FLOPs/sample")]
+        out = [Measurement("flops_forward", fwd.executed / bs, "FLOPs/sample"),
+               Measurement("flops_forward_ideal", fwd.ideal / bs, "FLOPs/sample"),
+               Measurement("flops_train_step", step.executed / bs, "FLOPs/sample"),
+               Measurement("flops_train_step_ideal", step.ideal / bs, "FLOPs/sample")]
+        # executed FLOPs per top-level child module: "flops_forward.body", "flops_train_step.head"
+        out += [Measurement(f"flops_forward.{name}", v / bs, "FLOPs/sample") for name, v in fwd.by_module.items()]
+        out += [Measurement(f"flops_train_step.{name}", v / bs, "FLOPs/sample") for name, v in step.by_module.items()]
+        return out
 
 
 class LatencyMetric(Metric):
@@ -54,24 +58,62 @@ class LatencyMetric(Metric):
         warmup, repeats, cap = int(p["warmup"]), int(p["repeats"]), float(p["max_seconds"]) or None
         out: list[Measurement] = []
 
-        def emit(stats: latency.LatencyStats, phase: str, bs: int) -> None:
+        cal = None
+        if p.get("roofline", True):
+            try:  # cached at run start; a failed calibration costs the bound, not the latency figures
+                cal = roofline.calibrate(ctx.device)
+            except (RuntimeError, ValueError, OSError):
+                cal = None
+        out.append(Measurement("threads", torch.get_num_threads(), "threads"))
+        if cal is not None:
+            out += [Measurement("roofline_peak_flops", cal.matmul_flops, "FLOP/s"),
+                    Measurement("roofline_peak_bandwidth", cal.bandwidth, "B/s")]
+
+        def emit(stats: latency.LatencyStats, phase: str, bs: int, work: tuple[float, float] | None = None) -> None:
             for name in ("p50", "p90", "p99"):
                 out.append(Measurement(f"latency_{name}", getattr(stats, name), "s", phase, bs))
             out.append(Measurement("latency_spread", stats.spread, "p90/p50", phase, bs))
             out.append(Measurement("latency_n", stats.n, "calls", phase, bs))
+            if cal is not None and work is not None:
+                out.extend(roofline_measurements(roofline.bound(work[0], work[1], cal, stats.p50), phase, bs))
 
         model = ctx.inference_model.eval()
         for bs in p["batch_sizes"]:
-            stats = latency.time_inference(model, ctx.task.example_inputs(int(bs), ctx.device), warmup, repeats,
-                                           ctx.device, cap)
-            emit(stats, "inference", int(bs))
+            inputs = ctx.task.example_inputs(int(bs), ctx.device)
+            stats = latency.time_inference(model, inputs, warmup, repeats, ctx.device, cap)
+            emit(stats, "inference", int(bs), inference_work(model, inputs) if cal else None)
+            if p.get("compile", False):
+                timed = latency.time_compiled_inference(model, inputs, warmup, repeats, ctx.device, cap)
+                out.append(Measurement("compile_seconds", timed.compile_seconds, "s", "inference_compiled", int(bs)))
+                emit(timed.stats, "inference_compiled", int(bs), inference_work(model, inputs) if cal else None)
         bs = int(p["train_batch_size"])
         train_model = copy.deepcopy(ctx.model).train()
         opt = ctx.make_optimizer(train_model)
-        stats = latency.time_train_step(train_model, _train_step(ctx, train_model, bs), opt, warmup, repeats,
-                                        ctx.device, cap)
-        emit(stats, "train_step", bs)
+        step_fn = _train_step(ctx, train_model, bs)
+        stats = latency.time_train_step(train_model, step_fn, opt, warmup, repeats, ctx.device, cap)
+        work = None
+        if cal is not None:  # after timing, so the optimizer's lazily created state exists
+            batch = ctx.task.example_batch(bs, ctx.device)
+            step_flops = flops.train_step_flops(train_model, step_fn).ideal
+            train_model.zero_grad(set_to_none=True)
+            work = (step_flops, roofline.train_step_bytes(train_model, opt, batch))
+        emit(stats, "train_step", bs, work)
         return out
+
+
+def inference_work(model: torch.nn.Module, inputs: tuple) -> tuple[float, float]:
+    """(ideal FLOPs, bytes moved) of one inference call, for its roofline bound."""
+    with latency.eval_mode(model), torch.no_grad():
+        outputs = model(*inputs)
+        count = flops.forward_flops(model, inputs)
+    return float(count.ideal), float(roofline.inference_bytes(model, inputs, outputs))
+
+
+def roofline_measurements(b: roofline.Bound, phase: str, bs: int) -> list[Measurement]:
+    """A latency figure's roofline: bound time, fraction of it reached, arithmetic intensity."""
+    return [Measurement("roofline_bound", b.seconds, "s", phase, bs),
+            Measurement("roofline_fraction", b.fraction, "fraction", phase, bs),
+            Measurement("arithmetic_intensity", b.intensity, "FLOP/B", phase, bs)]
 
 
 class MemoryMetric(Metric):
@@ -93,6 +135,16 @@ class MemoryMetric(Metric):
         opt = ctx.make_optimizer(train_model)
         emit(memory.measure_train_step(train_model, _train_step(ctx, train_model, bs), opt, device=ctx.device),
              "train_step")
+        # the analytic split beside the measured one, when the optimizer's state size is known
+        opt_name = type(opt).__name__.lower()
+        if opt_name == "sgd" and any(g.get("momentum", 0) for g in opt.param_groups):
+            opt_name = "sgd_momentum"
+        try:
+            analytic = memory.analytic_train_memory(train_model, opt_name)
+        except ValueError:  # a method's own optimizer with unknown state: no analytic figure
+            analytic = {}
+        for name, value in analytic.items():
+            out.append(Measurement(f"memory_analytic_{name}", value, "B", "train_step", bs))
         emit(memory.measure_inference(ctx.inference_model.eval(), ctx.task.example_inputs(bs, ctx.device), device=ctx.device),
              "inference")
         return out

@@ -1,0 +1,222 @@
+"""Interleaved latency: every finished cell of a task timed A B A B inside one process.
+
+Why: per-cell latency comes from separate worker processes at different moments, and on a
+shared machine a busy neighbour moved a median from 991 to 1722 us. Timed in one process, in
+rounds (dense, lora, svd, dense, lora, svd, ...), a slow spell hits every method alike, so the
+ratios between them hold even when the absolute figures move.
+
+How: after all cells of a run finish, one fresh spawned process per task rebuilds each ok
+cell's deployed model - the method re-applied to the cell's start model (the cached base, or the
+task's seeded fresh model for `train` cells) at the knob the cell reached, then
+`Method.for_inference` - and times them with `time_interleaved`. The weights are not the trained
+ones: latency does not depend on weight values, only on structure (shapes, ranks, a sparse
+support), and every method's structure is fixed by (seed, knob) (sparse supports are drawn from
+a seeded generator). Quality is never measured here.
+
+Records: per cell and inference batch size, `latency_p50/p90/p99`, `latency_spread`,
+`latency_n` with phase `inference_interleaved`, and `latency_ratio` (p50 over the p50 of the
+group's dense cell of the same seed, else of any dense cell; absent when the group has none).
+They are stored as one pseudo-cell `interleave:<task>` of the run (its own attempt), so a
+resumed run that re-times a task replaces the old figures instead of adding to them; the cell
+count of a run leaves it out. A failure is stored as one failed record, method `(interleave)`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing as mp
+import queue as queue_mod
+import secrets
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .. import api
+from ..measure import latency
+from ..registry import Registry
+from . import budget as budget_mod
+from .cells import Cell
+
+PHASE = "inference_interleaved"
+KEY_PREFIX = "interleave:"
+
+
+def group_key(task: str) -> str:
+    return f"{KEY_PREFIX}{task}"
+
+
+def is_interleave_key(key: str) -> bool:
+    return key.startswith(KEY_PREFIX)
+
+
+@dataclass
+class Reached:
+    """What a finished cell reached, read from its records: the knob and the budget fraction."""
+
+    knob: float | None
+    budget_reached: float | None
+
+
+def groups(cells: list[Cell], ok: dict[str, Reached]) -> dict[str, list[Cell]]:
+    """Task -> its ok cells that measure latency with `interleave` on; only groups of two or more."""
+    out: dict[str, list[Cell]] = {}
+    for c in cells:
+        if c.key in ok and "latency" in c.measure and c.protocol.get("interleave", True):
+            out.setdefault(c.task, []).append(c)
+    return {t: cs for t, cs in out.items() if len(cs) >= 2}
+
+
+def reached_from_records(records: list[dict[str, Any]]) -> dict[str, Reached]:
+    """Cell key -> the knob and budget fraction its ok records carry."""
+    out: dict[str, Reached] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("cell_key") and not is_interleave_key(r["cell_key"]):
+            out.setdefault(r["cell_key"], Reached(r.get("knob"), r.get("budget_reached")))
+    return out
+
+
+# ---- inside the interleave process ----------------------------------------------------------
+
+def deployed_model(cell: Cell, reached: Reached, registry: Registry, device: torch.device,
+                   run_id: str = "") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The cell's deployed model rebuilt at the knob it reached, and the record fields naming it."""
+    from .worker import CellRun, base_stage, seed_everything
+
+    run = CellRun(cell, run_id, lambda msg: None, registry, str(device))
+    task = registry.task(cell.task).cls(**cell.task_options)
+    method = registry.method(cell.method).cls(**cell.hparams)
+    if cell.kind == "train":
+        seed_everything(cell.seed)
+        start = task.make_model(cell.seed).to(device)
+    else:
+        start = run.base_model(task, base_stage(cell.kind))
+    gen = torch.Generator().manual_seed(cell.seed)
+    ctx = api.ApplyContext(seed=cell.seed, device=device, task=task, generator=gen)
+    knob = reached.knob if method.knob is not None else None
+    sized = budget_mod.apply_sized(method, start, cell.kind, None, knob, 1, ctx)
+    model = method.for_inference(copy.deepcopy(sized.model.to(device))).eval()
+    base = {**run.base, "knob": sized.knob, "budget_reached": reached.budget_reached}
+    return model, base
+
+
+def reference_key(cells: list[Cell], cell: Cell) -> str | None:
+    """The dense cell a cell's latency ratio is taken against: same seed and kind first."""
+    dense = [c for c in cells if c.method == "dense"]
+    for match in (lambda c: c.seed == cell.seed and c.kind == cell.kind, lambda c: c.seed == cell.seed, lambda c: True):
+        hits = [c for c in dense if match(c)]
+        if hits:
+            return hits[0].key
+    return None
+
+
+def time_group(cells: list[Cell], reached: dict[str, Reached], registry: Registry, device: torch.device,
+               run_id: str) -> list[dict[str, Any]]:
+    """Rebuild every cell's deployed model, time them interleaved per batch size, return records."""
+    protocol = cells[0].protocol
+    task = registry.task(cells[0].task).cls(**cells[0].task_options)
+    models, bases = {}, {}
+    for c in cells:
+        models[c.key], bases[c.key] = deployed_model(c, reached[c.key], registry, device, run_id)
+    cap = float(protocol.get("max_seconds", 0)) or None
+    config = json.dumps({"interleave": {"cells": [c.key for c in cells], "labels": [c.label for c in cells]}},
+                        sort_keys=True)
+    records: list[dict[str, Any]] = []
+    for bs in protocol["batch_sizes"]:
+        inputs = task.example_inputs(int(bs), device)
+        fns = {k: _call(m, inputs) for k, m in models.items()}
+        with torch.no_grad():
+            stats = latency.time_interleaved(fns, int(protocol["warmup"]), int(protocol["repeats"]), device,
+                                             max_seconds=cap * len(cells) if cap else None)
+        for c in cells:
+            s = stats[c.key]
+            values = [("latency_p50", s.p50, "s"), ("latency_p90", s.p90, "s"), ("latency_p99", s.p99, "s"),
+                      ("latency_spread", s.spread, "p90/p50"), ("latency_n", s.n, "calls")]
+            ref = reference_key(cells, c)
+            if ref is not None:
+                values.append(("latency_ratio", s.p50 / stats[ref].p50, "ratio"))
+            records += [{**bases[c.key], "metric": m, "value": float(v), "unit": u, "phase": PHASE,
+                         "batch_size": int(bs), "higher_is_better": False, "threads": s.threads, "config": config}
+                        for m, v, u in values]
+    return records
+
+
+def _call(model: torch.nn.Module, inputs: tuple) -> Callable[[], object]:
+    return lambda: model(*inputs)
+
+
+def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str, queue: Any, threads: int,
+                 device: str) -> None:
+    """Entry point of the interleave process (spawned: a clean interpreter)."""
+    try:
+        latency.set_threads(threads or None)
+        cells = [Cell.from_dict(d) for d in cell_dicts]
+        recs = time_group(cells, {k: Reached(*v) for k, v in reached.items()}, Registry.load(),
+                          torch.device(device), run_id)
+        queue.put(("records", recs))
+    except BaseException as exc:  # a plugin may raise anything
+        queue.put(("error", f"{type(exc).__name__}: {str(exc)[:500]}", traceback.format_exc()))
+
+
+# ---- in the runner ---------------------------------------------------------------------------
+
+def run_group(cells: list[Cell], reached: dict[str, Reached], run_id: str, threads: int, device: str,
+              timeout_s: float) -> tuple[str, list[dict[str, Any]] | str]:
+    """Time one task's cells in a fresh spawned process. ("ok", records) or ("failed", reason)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    args = ([c.__dict__ for c in cells], {k: (r.knob, r.budget_reached) for k, r in reached.items()},
+            run_id, q, threads, device)
+    proc = ctx.Process(target=process_main, args=args, daemon=True)
+    proc.start()
+    deadline = time.monotonic() + timeout_s
+    msg = None
+    while msg is None:
+        try:
+            msg = q.get(timeout=0.2)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:
+                    msg = q.get(timeout=2.0)  # the feeder thread's last message
+                except queue_mod.Empty:
+                    msg = ("error", f"interleave process exited with code {proc.exitcode} before reporting", "")
+            elif time.monotonic() > deadline:
+                proc.kill()
+                msg = ("error", f"time limit of {timeout_s:g} s exceeded", "")
+    proc.join(5)
+    q.close()
+    if msg[0] == "records":
+        return "ok", msg[1]
+    return "failed", msg[1] + (f"\n{msg[2]}" if msg[2] else "")
+
+
+def failure_record(task: str, run_id: str, reason: str) -> dict[str, Any]:
+    return {"run_id": run_id, "task": task, "method": "(interleave)", "cell_key": group_key(task), "metric": "error",
+            "value": float("nan"), "unit": "", "status": "failed", "phase": PHASE, "error": reason, "config": None}
+
+
+def post_phase(store: Any, cells: list[Cell], ran: set[str], run_id: str, threads: int, device: str,
+               progress: Callable[[str, int, int], None] = lambda key, i, n: None,
+               should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Time each task's ok cells interleaved and append the records to the store; returns groups timed.
+
+    A task is (re)timed when one of its cells ran in this invocation (`ran`) or it has no
+    interleaved figures yet, so a resume without new cells keeps the old ones.
+    """
+    reached = reached_from_records(store.records())
+    finished = store.finished()
+    todo = {t: cs for t, cs in groups(cells, reached).items()
+            if any(c.key in ran for c in cs) or group_key(t) not in finished}
+    for i, (task, group) in enumerate(todo.items()):
+        if should_stop():
+            break
+        key = group_key(task)
+        progress(key, i, len(todo))
+        timeout = max(c.timeout_s for c in group)
+        status, result = run_group(group, {c.key: reached[c.key] for c in group}, run_id, threads, device, timeout)
+        records = result if status == "ok" else [failure_record(task, run_id, result)]
+        store.append_cell(key, secrets.token_hex(6), status, records)
+        progress(key, i + 1, len(todo))
+    return len(todo)

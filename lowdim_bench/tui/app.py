@@ -1,0 +1,453 @@
+"""The lowdim-bench terminal app: set up a run, watch it live, browse and compare reports.
+
+Threads: the UI thread only paints and handles keys. Loading plugins (which imports torch),
+reading run folders, building summaries (Polars) and the run itself happen in Textual thread
+workers; the run's events come back as `RunUpdated` messages (post_message is thread-safe).
+
+Closing mid-run asks: stop (the cells in flight stop, finished records stay; resume later) or
+finish headless (the in-app run stops and `lowdim-bench run --resume RUN_DIR` carries on
+detached; see session.finish_headless). Either way the run folder is consistent on disk.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Provider
+from textual.message import Message
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from . import model
+from .screens.modals import HelpScreen, QuitScreen, TextScreen
+from .screens.views import CompareScreen, DetailScreen, PluginsScreen
+from .session import RunSession, Update, finish_headless, prepare_processes
+from .widgets.charts import ChartPane
+from .widgets.reports import ReportsPane, RunsTable
+from .widgets.results import ResultsTable
+from .widgets.run_panel import RunPanel
+from .widgets.setup import SetupPane
+
+TABS = ["tab-setup", "tab-run", "tab-results", "tab-reports"]
+MAIN_WIDGET = {"tab-setup": "#suites", "tab-run": "#log", "tab-results": "#results-table", "tab-reports": "#runs"}
+
+
+class RunUpdated(Message):
+    def __init__(self, update: Update) -> None:
+        super().__init__()
+        self.update = update
+
+
+class AppCommands(Provider):
+    """Command palette entries: the main actions, one per suite, report and chart."""
+
+    async def discover(self):
+        for name, callback, help_text in self.app.palette_commands()[:12]:
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str):
+        matcher = self.matcher(query)
+        for name, callback, help_text in self.app.palette_commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+class LowdimApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "lowdim-bench"
+    COMMANDS = App.COMMANDS | {AppCommands}
+    BINDINGS = [
+        Binding("f5,ctrl+r", "start", "Start", priority=True),
+        Binding("f6", "cancel", "Cancel", priority=True),
+        Binding("t", "traceback", "Traceback"),
+        Binding("slash", "focus_filter", "Filter", show=False, priority=True),
+        Binding("c", "cycle_chart", "Chart"),
+        Binding("v", "toggle_charts", "Charts", show=False),
+        Binding("e", "export", "Export"),
+        Binding("ctrl+s", "save_selection", "Save sel.", show=False, priority=True),
+        Binding("ctrl+d", "suite_defaults", "Suite defaults", show=False),
+        Binding("1", "tab(0)", "Setup", show=False), Binding("2", "tab(1)", "Run", show=False),
+        Binding("3", "tab(2)", "Results", show=False), Binding("4", "tab(3)", "Reports", show=False),
+        Binding("escape", "focus_main", "Leave field", show=False),
+        Binding("f2", "plugins", "Plugins"),
+        Binding("f1,question_mark", "help", "Help"),
+        Binding("q,ctrl+q", "quit", "Quit", priority=False),
+    ]
+
+    def __init__(self, suite_paths: list[Path] = (), reports_dir: Path = Path("reports"),
+                 registry_factory: Callable[[], Any] | None = None, devices: list[str] | None = None,
+                 jobs: int = 1) -> None:
+        super().__init__()
+        prepare_processes()
+        self.suite_paths, self.reports_dir = [Path(p) for p in suite_paths], Path(reports_dir)
+        self.registry_factory, self.devices, self.default_jobs = registry_factory, devices, jobs
+        self.registry: Any = None
+        self.catalog: model.Catalog | None = None
+        self.suite_info: model.SuiteInfo | None = None
+        self.suite: Any = None
+        self.session: RunSession | None = None
+        self.after_run: str | None = None  # "exit" | "headless" once the user chose at close
+        self.headless_pid: int | None = None
+        self.view_source = "live"  # "live" or the run id shown in the table
+        self.live_table: model.TableData | None = None
+        self._filter_timer: Any = None
+        self._chart_timer: Any = None
+
+    # ---- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(icon="≈")
+        with TabbedContent(id="tabs"):
+            with TabPane("Setup", id="tab-setup"):
+                yield SetupPane(id="setup")
+            with TabPane("Run", id="tab-run"):
+                yield RunPanel(id="run-panel")
+            with TabPane("Results", id="tab-results"):
+                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )", id="filter")
+                yield ResultsTable(id="results-table")
+                yield ChartPane(id="charts")
+            with TabPane("Reports", id="tab-reports"):
+                yield ReportsPane(id="reports")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "loading plugins…"
+        self.load_catalog()
+        self.load_runs()
+        self.set_interval(1.0, self.tick)
+
+    @property
+    def running(self) -> bool:
+        return self.session is not None and self.session.state.state in ("starting", "running")
+
+    def tick(self) -> None:
+        if self.running:
+            self.query_one(RunPanel).refresh_status()
+
+    # ---- background loading -------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="catalog")
+    def load_catalog(self) -> None:
+        if self.registry_factory is not None:
+            registry = self.registry_factory()
+        else:
+            from ..registry import Registry
+
+            registry = Registry.load()
+        catalog = model.build_catalog(registry, self.suite_paths, self.devices)
+        self.call_from_thread(self.catalog_ready, registry, catalog)
+
+    def catalog_ready(self, registry: Any, catalog: model.Catalog) -> None:
+        self.registry, self.catalog = registry, catalog
+        self.query_one(SetupPane).set_catalog(catalog)
+        broken = f", {len(catalog.broken)} plugin(s) failed to load (F2)" if catalog.broken else ""
+        self.sub_title = f"{len(catalog.methods)} methods, {len(catalog.tasks)} tasks{broken}"
+
+    @work(thread=True, exclusive=True, group="runs")
+    def load_runs(self) -> None:
+        runs = model.list_runs(self.reports_dir)
+        self.call_from_thread(self.query_one(RunsTable).set_runs, runs)
+
+    def on_runs_table_reload(self, _: RunsTable.Reload) -> None:
+        self.load_runs()
+
+    # ---- setup --------------------------------------------------------------------------------
+    def on_setup_pane_suite_chosen(self, event: SetupPane.SuiteChosen) -> None:
+        self.choose_suite(event.suite)
+
+    def choose_suite(self, info: model.SuiteInfo, use_saved: bool = True) -> None:
+        from ..suite import SuiteError
+
+        setup = self.query_one(SetupPane)
+        self.suite_info, self.suite = info, None
+        try:
+            self.suite = model.load_suite_plan(info.path, self.registry)
+        except SuiteError as e:
+            setup.show_suite(info, f"cannot run: {e}")
+            return
+        own = model.suite_selection(self.suite, self.registry)
+        own.jobs = str(self.default_jobs)
+        saved = model.saved_selection(info.path) if use_saved else None
+        setup.apply_selection(saved or own, own.methods)
+        setup.show_suite(info, "saved selection (ctrl+d: suite's own)" if saved else
+                         f"{len(own.methods)} methods × {len(own.tasks)} tasks, budgets {self.suite.budgets}, "
+                         f"seeds {self.suite.seeds}")
+
+    def action_save_selection(self) -> None:
+        if self.suite_info is None:
+            return
+        path = model.save_selection(self.suite_info.path, self.query_one(SetupPane).current())
+        self.notify(f"selection saved for {self.suite_info.name} ({path})")
+
+    def action_suite_defaults(self) -> None:
+        if self.suite_info is not None:
+            self.choose_suite(self.suite_info, use_saved=False)
+
+    def on_button_pressed(self, event) -> None:
+        if event.button.id == "start":
+            self.action_start()
+        elif event.button.id == "cancel":
+            self.action_cancel()
+
+    # ---- running ------------------------------------------------------------------------------
+    def action_start(self) -> None:
+        from ..suite import SuiteError
+
+        if self.running:
+            self.notify("a run is already in progress (F6 cancels it)", severity="warning")
+            return
+        setup = self.query_one(SetupPane)
+        if self.suite is None or self.registry is None:
+            self.notify("pick a suite that loads first", severity="error")
+            return
+        if setup.errors:
+            self.notify("fix the overrides first: " + "; ".join(setup.errors.values()), severity="error")
+            return
+        sel = setup.current()
+        try:
+            cells, meta = model.plan_cells(self.suite, self.registry, sel)
+            jobs = model.parse_jobs(sel.jobs)
+        except (ValueError, SuiteError) as e:
+            self.notify(str(e), severity="error")
+            return
+        self.session = RunSession(cells, meta, self.registry, self.reports_dir, sel.device, jobs,
+                                  post=lambda u: self.post_message(RunUpdated(u)))
+        panel = self.query_one(RunPanel)
+        panel.reset()
+        panel.jobs = jobs
+        panel.update_state(self.session.state)
+        self.view_source, self.live_table = "live", None
+        self.query_one(ResultsTable).set_data(model.TableData([], [], {}))
+        setup.set_running(True)
+        self.sub_title = f"running {meta['name']}: {len(cells)} cells"
+        self.query_one(TabbedContent).active = "tab-run"
+        self.run_worker(self.session.run, thread=True, group="run", name="run", exit_on_error=False)
+
+    def action_cancel(self) -> None:
+        if not self.running:
+            self.notify("no run in progress")
+            return
+        self.session.cancel()
+        self.session.state.state = "stopping"
+        self.query_one(RunPanel).update_state(self.session.state)
+        self.notify("stopping: the cells in flight stop, finished records stay on disk")
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        u = message.update
+        if self.session is not None and self.session.stop_event.is_set() and u.state.state == "running":
+            u.state.state = "stopping"
+        panel = self.query_one(RunPanel)
+        panel.update_state(u.state)
+        panel.add_lines(u.log)
+        if u.table is not None:
+            self.live_table = u.table
+            if self.view_source == "live":
+                self.query_one(ResultsTable).set_data(u.table)
+        if u.state.state in ("finished", "cancelled", "error"):
+            self.sub_title = f"{u.state.state}: {u.state.done}/{u.state.total} cells, {u.state.failed} failed"
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.name != "run" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        self.query_one(SetupPane).set_running(False)
+        self.load_runs()
+        result = event.worker.result if event.state == WorkerState.SUCCESS else None
+        if self.after_run == "headless" and result is not None and result.cancelled:
+            proc = finish_headless(result.run_dir, self.session.device, self.session.jobs)
+            self.headless_pid = proc.pid
+            self.exit(0, message=f"lowdim-bench: the run goes on headless (pid {proc.pid}); "
+                                 f"log {result.run_dir}/headless.log")
+        elif self.after_run is not None:
+            where = f"; resume with: lowdim-bench run --resume {result.run_dir}" if result and result.cancelled else ""
+            self.exit(0, message=f"lowdim-bench: run stopped, finished records are in {result.run_dir if result else '?'}{where}")
+
+    # ---- results ------------------------------------------------------------------------------
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """The box repaints at once; the table follows 50 ms after the last keystroke, so fast
+        typing re-filters once, not once per key."""
+        if event.input.id == "filter":
+            if self._filter_timer is not None:
+                self._filter_timer.stop()
+            self._filter_timer = self.set_timer(0.05, lambda v=event.value: self._each(ResultsTable, "set_filter", v))
+
+    def on_results_table_rows_changed(self, event: ResultsTable.RowsChanged) -> None:
+        """Charts redraw 150 ms after the last change (cursor moves, filter, new records)."""
+        if self._chart_timer is not None:
+            self._chart_timer.stop()
+        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each(ChartPane, "show_rows", e.rows, e.selected))
+
+    def _each(self, widget: type, method: str, *args: Any) -> None:
+        """A deferred call; the widget may be gone when the app is closing."""
+        for w in self.query(widget):
+            getattr(w, method)(*args)
+
+    def on_results_table_detail_requested(self, event: ResultsTable.DetailRequested) -> None:
+        data = self.query_one(ResultsTable).data
+        self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
+
+    def action_focus_filter(self) -> None:
+        self.query_one(TabbedContent).active = "tab-results"
+        self.query_one("#filter", Input).focus()
+
+    def action_cycle_chart(self) -> None:
+        self.query_one(TabbedContent).active = "tab-results"
+        self.query_one(ChartPane).remove_class("hidden")
+        self.notify(self.query_one(ChartPane).cycle(), timeout=1.5)
+
+    def action_show_chart(self, index: int) -> None:
+        self.query_one(TabbedContent).active = "tab-results"
+        self.query_one(ChartPane).remove_class("hidden")
+        self.query_one(ChartPane).show_chart(index)
+
+    def action_toggle_charts(self) -> None:
+        self.query_one(ChartPane).toggle_class("hidden")
+
+    def action_sort(self, column: str) -> None:
+        self.query_one(TabbedContent).active = "tab-results"
+        self.query_one(ResultsTable).sort_by(column)
+
+    def action_show_live(self) -> None:
+        self.view_source = "live"
+        self.query_one(ResultsTable).set_data(self.live_table or model.TableData([], [], {}))
+        self.query_one(TabbedContent).active = "tab-results"
+
+    def action_traceback(self) -> None:
+        failures = self.query_one(RunPanel).failures
+        if not failures:
+            self.notify("no failure in this run")
+            return
+        self.push_screen(TextScreen(failures[-1].text, failures[-1].traceback))
+
+    # ---- reports ------------------------------------------------------------------------------
+    def on_runs_table_open(self, event: RunsTable.Open) -> None:
+        self.open_run(event.run)
+
+    @work(thread=True, exclusive=True, group="open")
+    def open_run(self, run: model.RunInfo) -> None:
+        try:
+            data = model.table_data(model.load_records(run.path))
+        except Exception as e:  # a torn or foreign folder: say so, keep the app
+            self.call_from_thread(self.notify, f"cannot open {run.run_id}: {e}", severity="error")
+            return
+        self.call_from_thread(self.show_past_run, run, data)
+
+    def show_past_run(self, run: model.RunInfo, data: model.TableData) -> None:
+        self.view_source = run.run_id
+        self.query_one(ResultsTable).set_data(data)
+        self.query_one(TabbedContent).active = "tab-results"
+        self.sub_title = f"viewing {run.run_id} ({run.status}, {len(data.rows)} rows)"
+
+    def on_runs_table_compare(self, event: RunsTable.Compare) -> None:
+        self.compare_runs(event.a, event.b)
+
+    @work(thread=True, exclusive=True, group="compare")
+    def compare_runs(self, a: model.RunInfo, b: model.RunInfo) -> None:
+        rows = model.compare_rows(a.path, b.path)
+        self.call_from_thread(self.push_screen, CompareScreen(a, b, rows))
+
+    def action_compare_marked(self) -> None:
+        self.query_one(RunsTable).action_compare()
+
+    def action_export(self) -> None:
+        table = self.query_one(ResultsTable)
+        if not table.shown or table.data is None:
+            self.notify("nothing to export: open a run or start one", severity="warning")
+            return
+        source = self.view_source if self.view_source != "live" else (self.session.state.run_id if self.session else "live")
+        name = source + ("-filtered" if table.filter_text.strip() else "")
+        records = [r for row in table.shown for r in table.data.records.get(row.group, [])]
+        self.export(records, self.reports_dir / "exports" / name, f"# export of {source} ({len(table.shown)} rows)")
+
+    @work(thread=True, exclusive=True, group="export")
+    def export(self, records: list[dict[str, Any]], out: Path, header: str) -> None:
+        model.export_view(records, out, header)
+        self.call_from_thread(self.notify, f"exported {len(records)} records to {out}/ "
+                              "(records.parquet, summary.csv, summary.md)")
+
+    # ---- screens, tabs, palette, quit ---------------------------------------------------------
+    def action_tab(self, index: int) -> None:
+        self.query_one(TabbedContent).active = TABS[index]
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        """Focus follows the tab, so its keys (and 1-4) work at once; a field focused on
+        purpose in the new tab (the filter) keeps the focus."""
+        pane = event.pane
+        if self.focused is None or pane not in self.focused.ancestors:
+            self.focus_main(pane.id)
+
+    def focus_main(self, pane_id: str | None) -> None:
+        if pane_id in MAIN_WIDGET:
+            self.query_one(MAIN_WIDGET[pane_id]).focus()
+
+    def action_focus_main(self) -> None:
+        self.focus_main(self.query_one(TabbedContent).active)
+
+    def action_plugins(self) -> None:
+        if self.catalog is None:
+            self.notify("plugins are still loading")
+            return
+        self.push_screen(PluginsScreen(self.catalog))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def run_suite(self, info: model.SuiteInfo) -> None:
+        self.query_one(TabbedContent).active = "tab-setup"
+        self.choose_suite(info)
+        self.action_start()
+
+    def palette_commands(self) -> list[tuple[str, Callable[[], Any], str]]:
+        cmds: list[tuple[str, Callable[[], Any], str]] = [
+            ("Start run", self.action_start, "run the Setup tab's selection (F5)"),
+            ("Cancel run", self.action_cancel, "stop the cells in flight (F6)"),
+            ("Compare marked reports", self.action_compare_marked, "per-metric deltas of the two marked runs"),
+            ("Toggle charts", self.action_toggle_charts, "show or hide the chart pane (v)"),
+            ("Show live run", self.action_show_live, "back to the run in progress in the table"),
+            ("Export view", self.action_export, "write the rows shown as report files (e)"),
+            ("Plugins", self.action_plugins, "every plugin and its load error (F2)"),
+            ("Help", self.action_help, "keys and markers (F1)"),
+        ]
+        cmds += [(f"Show chart: {name}", lambda i=i: self.action_show_chart(i), "") for i, name in enumerate(model.CHARTS)]
+        for info in self.catalog.suites if self.catalog else []:
+            cmds.append((f"Run suite {info.name}", lambda info=info: self.run_suite(info), str(info.path)))
+        for run in self.query_one(RunsTable).runs:
+            cmds.append((f"Open report {run.run_id}", lambda run=run: self.open_run(run), f"{run.suite}, {run.status}"))
+        table = self.query_one(ResultsTable)
+        for col, header in table.data.columns if table.data else []:
+            cmds.append((f"Sort by {header}", lambda col=col: self.action_sort(col), ""))
+        return cmds
+
+    async def action_quit(self) -> None:
+        if not self.running:
+            self.exit(0)
+            return
+        self.push_screen(QuitScreen(self.session.state.run_dir or str(self.reports_dir)), self.quit_choice)
+
+    def quit_choice(self, choice: str | None) -> None:
+        if choice in ("stop", "headless") and self.running:
+            self.after_run = "exit" if choice == "stop" else "headless"
+            self.action_cancel()
+            self.notify("finishing the cells' bookkeeping, then closing…")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lowdim-bench", description="The lowdim-bench terminal app.")
+    p.add_argument("suites", nargs="*", type=Path, help="extra suite files to offer beside the plugins' suites")
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="folder of run folders (default reports/)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel cells the Setup tab starts with (default 1)")
+    args = p.parse_args(argv)
+    for s in args.suites:
+        if not s.exists():
+            p.error(f"suite file {s} does not exist")
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: must be at least 1")
+    app = LowdimApp(args.suites, args.reports, jobs=args.jobs)
+    code = app.run()
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Run progress: a bar with cells done/total, failures, ETA, the cells in flight, and the log.
+
+Every event gets one log line; a failure's full reason and traceback is kept and shown by `t`
+(the last failure) from anywhere in the app.
+"""
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, RichLog, Static
+
+from ..session import LogLine, RunState
+
+STYLES = {"ok": "green", "failed": "bold red", "run": "bold cyan", "info": ""}
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class RunPanel(Vertical):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.state = RunState()
+        self.jobs = 1
+        self.failures: list[LogLine] = []
+        self.lines: list[str] = []  # plain log text, for tests and the tmux driver
+
+    def compose(self) -> ComposeResult:
+        yield Static("idle: pick a suite on the Setup tab and press F5", id="run-state")
+        yield ProgressBar(total=1, show_eta=False, id="run-progress")
+        yield Static("", id="run-current")
+        yield RichLog(id="log", wrap=True, markup=False, max_lines=5000)
+
+    def update_state(self, state: RunState) -> None:
+        self.state = state
+        bar = self.query_one("#run-progress", ProgressBar)
+        bar.update(total=max(state.total, 1), progress=state.done)
+        self.query_one("#run-current", Static).update("\n".join(f"▶ {v}" for v in state.current.values()))
+        self.refresh_status()
+
+    def status_text(self, now: float | None = None) -> str:
+        s = self.state
+        if s.state == "idle":
+            return "idle: pick a suite on the Setup tab and press F5"
+        eta = s.eta_s(now)
+        elapsed = (time.monotonic() if now is None else now) - s.started_at if s.started_at else None
+        failed = f", [red]{s.failed} failed[/]" if s.failed else ", 0 failed"
+        text = f"[b]{s.state}[/]  {s.done}/{s.total} cells{failed}"
+        if s.state == "running":
+            text += f"  elapsed {fmt_duration(elapsed)}  ETA {fmt_duration(eta)}"
+        if s.message:
+            text += f"  [red]{s.message}[/]"
+        return text + (f"  [dim]{s.run_id}[/]" if s.run_id else "")
+
+    def refresh_status(self) -> None:
+        self.query_one("#run-state", Static).update(self.status_text())
+
+    def add_lines(self, lines: list[LogLine]) -> None:
+        log = self.query_one("#log", RichLog)
+        for line in lines:
+            self.lines.append(line.text)
+            log.write(Text(line.text + ("   (t: traceback)" if line.traceback else ""), style=STYLES[line.kind]))
+            if line.kind == "failed":
+                self.failures.append(line)
+
+    def reset(self) -> None:
+        self.failures.clear()
+        self.lines.clear()
+        self.query_one("#log", RichLog).clear()

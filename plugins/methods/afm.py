@@ -1,0 +1,234 @@
+"""AFM, atomic feature mimicking (Yu and Wu 2023): compress a Linear's outputs, not its weight.
+
+On calibration inputs (ApplyContext.calibration: model inputs from the task's training split) each
+target Linear's outputs y = W x + b are collected; mu = E[y], C = Cov(y) (float64), and U_k holds
+the top-k eigenvectors of C (eigh). The layer becomes first = U_k^T W (bias U_k^T b) followed by
+second = U_k (bias (I - U_k U_k^T) mu), which computes exactly mu + U_k U_k^T (y - mu): the
+projection of y onto its top-k principal directions. At k = d_out it is the layer itself.
+
+Parameters per layer k (d_in + d_out) + k + d_out (k (d_in + d_out) + d_out for a bias-free layer:
+first then has no bias, second still carries the mean term). Forward FLOPs 2 B k (d_in + d_out),
+the same as svd at equal k.
+
+Choices (also in the report and docs):
+- Statistics come from the uncompressed model, all layers in one calibration pass (forward hooks
+  in eval mode under no_grad; each module's train/eval flag is restored). They are merged batch by
+  batch in float64 (Chan's pairwise update), Cov with 1/N. Inputs of shape (..., d_in) count every
+  position (each token of a sequence) as a sample.
+- `calibration_batches` (default 8): at most that many batches are read from the calibration
+  stream (the harness yields 8 of 64 samples). The statistics are cached on the method object
+  for the model and weight versions they came from, since the budget search applies many times.
+- Targets every nn.Linear except the head (`skip_modules`, as sltrain: "auto" skips Linears whose
+  last name part is a head name, else the last Linear; or a list of name suffixes). Linears with
+  tied weights or owned by nn.MultiheadAttention stay dense. Embedding tables are out of scope
+  (the paper's E' = (E - mu^T) U_k with U_k fused into the next layer needs per-architecture
+  fusion); they stay dense.
+- `skip_above_break_even` (default True): a layer whose AFM form would have at least as many
+  parameters as the dense layer stays dense, so counts are min(AFM, dense) per layer, monotone in
+  k (the budget search relies on it). With False, k is clamped to d_out.
+- `recover` (default False): with true the harness fine-tunes both factors (and biases) with the
+  task's "recover" recipe.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import skip_init
+
+from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench_builtin.methods.sltrain import HEAD_NAMES
+from lowdim_bench_builtin.methods.svd import FactoredLinear
+
+
+@dataclass
+class OutputStats:
+    """Running mean and scatter (sum of centred outer products) of a layer's outputs, float64."""
+
+    count: int
+    mean: torch.Tensor
+    scatter: torch.Tensor
+
+    @classmethod
+    def empty(cls, dim: int) -> "OutputStats":
+        return cls(0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
+
+    def update(self, y: torch.Tensor) -> None:
+        """Merge a batch (Chan et al.'s pairwise formula), so large offsets do not cancel."""
+        y = y.detach().reshape(-1, y.shape[-1]).to(device="cpu", dtype=torch.float64)
+        nb = y.shape[0]
+        if nb == 0:
+            return
+        mb = y.mean(0)
+        yc = y - mb
+        delta = mb - self.mean
+        total = self.count + nb
+        self.scatter += yc.t() @ yc + torch.outer(delta, delta) * (self.count * nb / total)
+        self.mean += delta * (nb / total)
+        self.count = total
+
+    def covariance(self) -> torch.Tensor:
+        return self.scatter / self.count
+
+
+@dataclass
+class Principal:
+    """A layer's output mean and the eigenvectors of its covariance, largest eigenvalue first."""
+
+    mean: torch.Tensor
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor  # (d_out, d_out), columns
+
+
+def principal(stats: OutputStats) -> Principal:
+    evals, evecs = torch.linalg.eigh(stats.covariance())
+    return Principal(stats.mean.clone(), evals.flip(0), evecs.flip(1).contiguous())
+
+
+def _run(model: nn.Module, inputs: Any) -> None:
+    if isinstance(inputs, (tuple, list)):
+        model(*inputs)
+    elif isinstance(inputs, dict):
+        model(**inputs)
+    else:
+        model(inputs)
+
+
+def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batches: Iterable[Any],
+                    max_batches: int) -> dict[str, OutputStats]:
+    """Output statistics of each layer over at most `max_batches` calibration batches."""
+    stats = {name: OutputStats.empty(lin.out_features) for name, lin in layers}
+    handles = [lin.register_forward_hook(lambda _m, _i, out, s=stats[name]: s.update(out)) for name, lin in layers]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                if i >= max_batches:
+                    break
+                _run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    empty = [name for name, s in stats.items() if s.count == 0]
+    if empty:
+        raise PluginError(f"afm: the calibration data reached no output of {empty}; "
+                          "afm needs ApplyContext.calibration to yield model inputs")
+    return stats
+
+
+class AfmLinear(FactoredLinear):
+    """second(first(x)) = mu + U_k U_k^T (W x + b - mu)."""
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias of the product second @ first, for parents that read `.weight` and `.bias`."""
+        b = self.second.bias
+        if self.first.bias is not None:
+            b = b + self.second.weight @ self.first.bias
+        return b
+
+
+def afm_linear(linear: nn.Linear, p: Principal, k: int) -> AfmLinear:
+    """The rank-k AFM replacement of `linear` from its output statistics."""
+    u = p.eigenvectors[:, :k]  # (d_out, k)
+    w = linear.weight.detach().double().cpu()
+    like = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+    has_bias = linear.bias is not None
+    first = skip_init(nn.Linear, linear.in_features, k, bias=has_bias, **like)
+    second = skip_init(nn.Linear, k, linear.out_features, bias=True, **like)
+    with torch.no_grad():
+        first.weight.copy_(u.t() @ w)
+        if has_bias:
+            first.bias.copy_(u.t() @ linear.bias.detach().double().cpu())
+        second.weight.copy_(u)
+        second.bias.copy_(p.mean - u @ (u.t() @ p.mean))
+    for q in (*first.parameters(), *second.parameters()):
+        q.requires_grad_(linear.weight.requires_grad)
+    return AfmLinear(first, second)
+
+
+def afm_params(d_in: int, d_out: int, k: int, bias: bool) -> int:
+    return k * (d_in + d_out) + (k if bias else 0) + d_out
+
+
+class AfmMethod(Method):
+    name = "afm"
+    kind = "compress"
+    knob = Knob("k", 1, None)
+    defaults = {"skip_modules": "auto", "calibration_batches": 8, "skip_above_break_even": True, "recover": False}
+    targets = ("Linear",)
+    identity_at_init = False
+    description = "AFM: each Linear's outputs projected on their top-k principal directions from calibration data (mu + U U^T (y - mu)), as two Linears."
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        h = self.hparams
+        check_suffixes(h["skip_modules"], "auto", method="afm", hparam="skip_modules", allow_empty=True)
+        cb = h["calibration_batches"]
+        if isinstance(cb, bool) or not isinstance(cb, int) or cb < 1:
+            raise PluginError(f"afm: calibration_batches must be an integer >= 1, got {cb!r}")
+        for key in ("recover", "skip_above_break_even"):
+            if not isinstance(h[key], bool):
+                raise PluginError(f"afm: {key} must be true or false, got {h[key]!r}")
+        self._cache: tuple[Any, tuple, dict[str, Principal]] | None = None
+
+    def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+        """(name, Linear) of every layer compressed, in registration order: all but the head."""
+        linears = find_layers(model, (nn.Linear,), skip_tied=True)
+        sm = self.hparams["skip_modules"]
+        if sm == "auto":
+            heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES]
+            if not heads and linears:
+                heads = [linears[-1][0]]
+            chosen = [(n, m) for n, m in linears if n not in heads]
+        else:
+            _, chosen = split_by_suffixes(linears, sm, method="afm", hparam="skip_modules", what="Linear")
+        if not chosen:
+            raise PluginError("afm: no Linear left to compress once the head is skipped")
+        return chosen
+
+    def knob_range(self, model: nn.Module) -> tuple[float, float]:
+        return 1, max(lin.out_features for _, lin in self.select(model))
+
+    def layer_k(self, linear: nn.Linear, k: int) -> int | None:
+        """The k this layer is compressed at, or None when it stays dense."""
+        d_in, d_out, bias = linear.in_features, linear.out_features, linear.bias is not None
+        k = min(k, d_out)
+        dense = d_in * d_out + (d_out if bias else 0)
+        if self.hparams["skip_above_break_even"] and afm_params(d_in, d_out, k, bias) >= dense:
+            return None
+        return k
+
+    def statistics(self, model: nn.Module, layers: list[tuple[str, nn.Linear]], ctx: ApplyContext) -> dict[str, Principal]:
+        """Per-layer principal directions, computed once per model and weight versions."""
+        key = tuple((name, id(lin.weight), lin.weight._version,
+                     None if lin.bias is None else lin.bias._version) for name, lin in layers)
+        if self._cache is not None and self._cache[0]() is model and self._cache[1] == key:
+            return self._cache[2]
+        stats = collect_outputs(model, layers, ctx.calibration(), int(self.hparams["calibration_batches"]))
+        result = {name: principal(s) for name, s in stats.items()}
+        self._cache = (weakref.ref(model), key, result)
+        return result
+
+    def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
+        k = as_rank(size, self.name)
+        layers = self.select(model)
+        chosen = [(n, lin, self.layer_k(lin, k)) for n, lin in layers]
+        if all(kk is None for _, _, kk in chosen):
+            return copy_swapping(model, [])
+        stats = self.statistics(model, layers, ctx)
+        swaps = [(lin, afm_linear(lin, stats[n], kk)) for n, lin, kk in chosen if kk is not None]
+        return copy_swapping(model, swaps)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    register(AfmMethod)

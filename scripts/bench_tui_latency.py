@@ -1,0 +1,152 @@
+"""Responsiveness of the real app in a real terminal (tmux): startup to first paint, and
+input-to-update latency idle and while a suite runs.
+
+Input-to-update: with the Results tab's filter box focused, one key is sent (`x`, then
+Backspace, alternately) and the screen is read with `tmux capture-pane` until the box shows the
+change (the placeholder disappears / comes back). The figure is everything a user waits for:
+the key through tmux, Textual's handling, the table re-filter and chart redraw, the repaint
+and tmux's screen update, measured from just before `send-keys` to the first capture that
+shows it (capture itself takes a few ms, which the figure includes).
+
+    python scripts/bench_tui_latency.py                    # smoke suite, --jobs 2, 150 samples each
+    python scripts/bench_tui_latency.py --samples 60 --suite suites/smoke.toml --jobs 2
+
+Prints p50/p90/p99/max in ms; the target is p99 < 100 ms during a run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLACEHOLDER = "filter: words match"
+
+
+class Tmux:
+    def __init__(self, name: str) -> None:
+        self.sock = f"lowdim-bench-{name}-{os.getpid()}"
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "app")
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "app", *keys)
+
+    def wait_for(self, cond, timeout: float, what: str) -> float:
+        start = time.perf_counter()
+        while True:
+            if cond(self.screen()):
+                return time.perf_counter()
+            if time.perf_counter() - start > timeout:
+                raise SystemExit(f"timed out waiting for {what}\n{self.screen()}")
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+def start_app(tmux: Tmux, work: Path, suites: list[str], jobs: str = "1") -> float:
+    env = f"LOWDIM_BENCH_STATE={work}/state TERM=xterm-256color"
+    cmd = (f"cd {work} && env {env} {sys.executable} -m lowdim_bench.tui {' '.join(suites)} --jobs {jobs} "
+           f"--reports {work}/reports")
+    t0 = time.perf_counter()
+    tmux.run("new-session", "-d", "-s", "app", "-x", "160", "-y", "45", cmd)
+    return t0
+
+
+def filter_shown(screen: str) -> bool:
+    return PLACEHOLDER not in screen
+
+
+def sample(tmux: Tmux, n: int, keep=lambda: True) -> list[float]:
+    """n alternating key presses into the focused filter box; ms from send to visible change."""
+    out = []
+    for i in range(n):
+        typed = i % 2 == 0
+        t0 = time.perf_counter()
+        tmux.keys("x" if typed else "BSpace")
+        t1 = tmux.wait_for(lambda s: filter_shown(s) == typed, 10, "the filter box to change")
+        if keep():
+            out.append((t1 - t0) * 1e3)
+        time.sleep(0.02)
+    return out
+
+
+def stats(xs: list[float]) -> str:
+    if not xs:
+        return "no samples"
+    xs = sorted(xs)
+    q = lambda p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+    return (f"n={len(xs)} p50={statistics.median(xs):.1f} p90={q(0.9):.1f} p99={q(0.99):.1f} "
+            f"max={xs[-1]:.1f} ms")
+
+
+def run_status(work: Path) -> str:
+    found = list((work / "reports").glob("*/run.json"))
+    return json.loads(found[0].read_text()).get("status", "?") if found else "none"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default=str(ROOT / "suites" / "smoke.toml"))
+    ap.add_argument("--jobs", default="2")
+    ap.add_argument("--samples", type=int, default=150)
+    ap.add_argument("--startups", type=int, default=3)
+    args = ap.parse_args()
+    if not shutil.which("tmux"):
+        raise SystemExit("tmux is needed (apt-get install tmux)")
+
+    paint, ready = [], []
+    for i in range(args.startups):
+        work = Path(tempfile.mkdtemp())
+        tmux = Tmux(f"start{i}")
+        try:
+            t0 = start_app(tmux, work, [])
+            paint.append((tmux.wait_for(lambda s: "Suites" in s, 60, "first paint") - t0) * 1e3)
+            ready.append((tmux.wait_for(lambda s: "smoke" in s, 120, "suites listed") - t0) * 1e3)
+        finally:
+            tmux.kill()
+            shutil.rmtree(work, ignore_errors=True)
+    if args.startups:
+        print(f"startup to first paint: {stats(paint)}")
+        print(f"startup to plugins loaded (suites listed): {stats(ready)}")
+
+    work = Path(tempfile.mkdtemp())
+    tmux = Tmux("run")
+    try:
+        start_app(tmux, work, [args.suite], args.jobs)
+        tmux.wait_for(lambda s: "Every built-in method" in s or "smoke" in s, 120, "the suite")
+        tmux.keys("/")
+        tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
+        idle = sample(tmux, args.samples)
+        print(f"input-to-update idle: {stats(idle)}")
+        tmux.keys("F5")
+        tmux.wait_for(lambda s: "running" in s, 60, "the run to start")
+        while run_status(work) != "running":
+            time.sleep(0.2)
+        time.sleep(3)  # workers spawned and busy
+        tmux.keys("/")
+        tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
+        busy = sample(tmux, args.samples, keep=lambda: run_status(work) == "running")
+        print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy)}")
+        if run_status(work) != "running":
+            print("note: the run ended before the samples did; only samples taken while it ran are counted")
+        tmux.keys("F6")
+    finally:
+        time.sleep(2)
+        tmux.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The conformance kit: it passes a correct plugin, catches each known bug in its own test with
+a message that says what was expected and what was seen, and every built-in plugin passes it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import kit_fixtures as fx
+from lowdim_bench.registry import Registry
+from lowdim_bench.testing import (ConformanceError, KitOptions, METHOD_CHECKS, assert_method_conforms, check_method,
+                                  check_metric, check_task)
+from lowdim_bench.testing.method_checks import sweep
+from lowdim_bench.testing.probes import hidden_tensors, mostly_zero_tensors, scattered_zero_fraction
+from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return DigitsTask(hidden=32)
+
+
+def by_check(results):
+    return {r.check: r for r in results}
+
+
+def test_correct_adapter_passes_every_check(small_task):
+    results = check_method(fx.TinyLora, small_task)
+    assert [r.check for r in results] == list(METHOD_CHECKS)
+    assert not [str(r) for r in results if r.failed]
+    assert all(r.skipped is None for r in results)  # every check applied to it
+
+
+def test_catches_a_method_that_mutates_the_base(small_task):
+    r = by_check(check_method(fx.MutatesBase, small_task, checks=["base_untouched"]))["base_untouched"]
+    assert r.failed
+    assert "requires_grad changed" in r.seen and "True->False" in r.seen
+    assert "unchanged by apply" in r.expected
+
+
+def test_catches_a_method_that_shares_tensors_with_the_base(small_task):
+    r = check_method(fx.SharesBase, small_task, checks=["base_untouched"])[0]
+    assert r.failed and "share tensors" in r.seen and "values changed" in r.seen
+
+
+def test_catches_a_false_identity_at_init(small_task):
+    r = check_method(fx.NotIdentity, small_task, checks=["identity_at_init"])[0]
+    assert r.failed
+    assert "identity_at_init declares" in r.expected and "max |difference|" in r.seen
+    assert float(r.seen.split("max |difference| ")[1].split()[0]) > 1e-3
+
+
+def test_catches_a_method_that_under_reports_its_parameters(small_task):
+    results = by_check(check_method(fx.UnderReports, small_task, checks=["params_honest", "state_dict_round_trip"]))
+    r = results["params_honest"]
+    assert r.failed
+    assert "the optimizer updates 6 tensor(s), 808 elements" in r.seen and "0 trainable" in r.seen
+    assert "factors[0]" in r.seen  # names the hidden tensors
+    assert results["state_dict_round_trip"].failed  # the hidden factors are not saved either
+
+
+def test_catches_a_sparse_part_counted_dense(small_task):
+    results = by_check(check_method(fx.SparseCountedDense, small_task, checks=["params_honest", "flops"]))
+    assert results["params_honest"].failed and "mostly zeros" in results["params_honest"].seen
+    assert "body.0.weight" in results["params_honest"].seen
+    assert results["flops"].failed and "multiplies mostly-zero weights" in results["flops"].seen
+
+
+def test_catches_a_method_drawing_from_the_global_rng(small_task):
+    r = check_method(fx.GlobalRng, small_task, checks=["deterministic"])[0]
+    assert r.failed and "A" in r.seen
+
+
+def test_catches_a_knob_that_shrinks_the_count(small_task):
+    r = check_method(fx.Shrinking, small_task, checks=["budget_monotone"])[0]
+    assert r.failed and "decreases between" in r.seen
+
+
+def test_smoke_run_enforces_its_time_limit(small_task):
+    r = check_method(fx.TinyLora, small_task, checks=["smoke_run"], options=KitOptions(time_limit_s=0.0))[0]
+    assert r.failed and "within 0 s" in r.expected
+
+
+def test_assert_form_raises_with_expected_and_seen(small_task):
+    with pytest.raises(ConformanceError) as info:
+        assert_method_conforms(fx.NotIdentity, small_task, checks=["identity_at_init", "deterministic"])
+    text = str(info.value)
+    assert "1 conformance check(s) failed" in text and "expected:" in text and "seen:" in text
+    assert [r.check for r in info.value.results] == ["identity_at_init", "deterministic"]
+
+
+def test_unknown_check_is_named():
+    with pytest.raises(KeyError, match="nope"):
+        check_method(fx.TinyLora, DigitsTask(hidden=32), checks=["nope"])
+
+
+def test_zero_scan_ignores_untrained_zero_rows_but_flags_masks():
+    b = torch.zeros(64, 8)
+    b[:10] = 1.0  # a zero-initialised factor whose rows got gradient only where units were live
+    assert scattered_zero_fraction(b) == 0.0
+    mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(0)) < 0.1
+    masked = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        masked.weight.mul_(mask)
+    assert [n for n, *_ in mostly_zero_tensors(masked)] == ["weight"]
+
+
+def test_hidden_tensor_scan_finds_containers():
+    m = torch.nn.Linear(4, 4)
+    m.extra = {"w": torch.ones(3, 3)}
+    m.scale = torch.tensor(2.0)  # one element: a constant, not state
+    assert [p for p, _ in hidden_tensors(m)] == ["extra['w']"]
+
+
+def test_sweep_covers_both_ends():
+    assert sweep(1, 4, True, 6) == [1, 2, 3, 4]
+    vals = sweep(1, 128, True, 6)
+    assert vals[0] == 1 and vals[-1] == 128 and vals == sorted(set(vals))
+
+
+# ---- tasks and metrics ----------------------------------------------------------------------
+
+def test_correct_task_passes():
+    results = check_task(fx.BlobTask())
+    assert not [str(r) for r in results if r.failed]
+
+
+def test_catches_overlapping_splits():
+    r = by_check(check_task(fx.LeakyTask(), ["splits_disjoint"]))["splits_disjoint"]
+    assert r.failed and "40 shared samples" in r.seen and "train and val" in r.expected
+
+
+def test_catches_an_unseeded_base_model():
+    r = check_task(fx.UnseededTask(), ["base_reproducible"])[0]
+    assert r.failed and "same weights" in r.expected
+
+
+def test_catches_a_quality_without_direction():
+    r = check_task(fx.NoDirectionTask(), ["quality_direction"])[0]
+    assert r.failed and "higher_is_better" in r.expected
+
+
+def test_metric_checks():
+    assert not check_metric(fx.DepthMetric, fx.BlobTask())[0].failed
+    r = check_metric(fx.UnitlessMetric, fx.BlobTask())[0]
+    assert r.failed and "no unit" in r.seen
+    r = check_metric(fx.DictMetric, fx.BlobTask())[0]
+    assert r.failed and "is not a Measurement" in r.seen
+
+
+def test_pytest_plugin_fixture_runs_checks(tmp_path):
+    """The `lowdim_kit` fixture, as a plugin author's test uses it (pytest in a subprocess)."""
+    (tmp_path / "test_mine.py").write_text(textwrap.dedent('''
+        import pytest
+        import kit_fixtures as fx
+        from lowdim_bench.testing import ConformanceError
+        from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
+        TASK = DigitsTask(hidden=32)
+
+        @pytest.mark.parametrize("check", ["identity_at_init", "kind"])
+        def test_good(lowdim_kit, check):
+            assert lowdim_kit.method(fx.TinyLora, TASK, checks=[check])
+
+        def test_bad(lowdim_kit):
+            with pytest.raises(ConformanceError, match="identity_at_init"):
+                lowdim_kit.method(fx.NotIdentity, TASK, checks=["identity_at_init"])
+
+        def test_task_and_metric(lowdim_kit, lowdim_smoke_task):
+            assert lowdim_smoke_task.name == "digits-mlp"
+            lowdim_kit.task(fx.BlobTask(), checks=["splits_disjoint"])
+            lowdim_kit.metric(fx.DepthMetric, fx.BlobTask())
+    '''))
+    import os
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "lowdim_bench.testing.pytest_plugin", "-p", "no:cacheprovider",
+                        str(tmp_path / "test_mine.py")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "4 passed" in r.stdout
+
+
+# ---- every built-in plugin passes the kit ----------------------------------------------------
+
+# Test-size options for tasks whose defaults are sized for a real run (checks, not quality).
+SMALL = {"stdlib-lm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "context": 32, "eval_windows": 8,
+                       "max_corpus_bytes": 200_000}}
+
+
+def _builtin_entries():
+    reg = Registry.load()
+    entries = []
+    for info in sorted(reg.plugins.values(), key=lambda p: p.name):
+        if not info.builtin:
+            continue
+        if info.status == "broken":
+            reason = (info.error or "").strip().splitlines()[-1]
+            entries.append(pytest.param(None, None, None, id=f"{info.name}-BROKEN",
+                                        marks=pytest.mark.skip(reason=f"plugin {info.name!r} is broken: {reason}")))
+            continue
+        for what in info.provides:
+            kind_of, name = what.split(":", 1)
+            if kind_of == "method":
+                cls = reg.methods[name].cls
+                for kind in cls.supported_kinds():
+                    if kind != "merge":
+                        entries.append(pytest.param("method", name, kind, id=f"method-{name}-{kind}"))
+            elif kind_of in ("task", "metric"):
+                entries.append(pytest.param(kind_of, name, None, id=f"{kind_of}-{name}"))
+    return entries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what,name,kind", _builtin_entries())
+def test_builtin_plugin_passes_the_kit(what, name, kind):
+    reg = Registry.load()
+    if what == "method":
+        results = check_method(reg.method(name).cls, kind=kind)
+    elif what == "task":
+        results = check_task(reg.task(name).cls(**SMALL.get(name, {})))
+    else:
+        results = check_metric(reg.metric(name).cls)
+    failures = [str(r) for r in results if r.failed]
+    assert not failures, "\n".join(failures)
+
+
+# ---- plugin control: block list and tracing ----------------------------------------------------
+
+def test_block_list_skips_plugins_by_name(monkeypatch, fake_plugins):
+    monkeypatch.setenv("LOWDIM_BENCH_BLOCK_PLUGINS", "svd, fakeplugins")
+    reg = Registry.load()
+    assert reg.plugins["svd"].status == "skipped" and "LOWDIM_BENCH_BLOCK_PLUGINS" in reg.plugins["svd"].error
+    assert "svd" not in reg.methods and "lora" in reg.methods
+    assert reg.plugins["fakeplugins"].status == "skipped" and "tiny" not in reg.tasks
+    monkeypatch.delenv("LOWDIM_BENCH_BLOCK_PLUGINS")
+    assert "svd" in Registry.load().methods
+
+
+def test_trace_prints_each_hook_call(monkeypatch, capsys):
+    monkeypatch.setenv("LOWDIM_BENCH_TRACE_PLUGINS", "1")
+    Registry.load()
+    err = capsys.readouterr().err
+    assert "call register_methods of plugin 'lora' (lowdim_bench_builtin.methods.lora)" in err
+    assert "lora: register('LoraMethod') as method 'lora'" in err
+    monkeypatch.setenv("LOWDIM_BENCH_TRACE_PLUGINS", "0")
+    Registry.load()
+    assert "call register_methods" not in capsys.readouterr().err
