@@ -10,6 +10,7 @@ import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowdim_bench.api import PluginError
@@ -93,3 +94,64 @@ def copy_swapping(model: nn.Module, swaps: Iterable[tuple[nn.Module, nn.Module]]
     the swap, so the old modules (often the largest dense weights) are never copied."""
     memo: dict[int, Any] = {id(old): new for old, new in swaps}
     return copy.deepcopy(model, memo)
+
+
+HEAD_NAMES = ("head", "lm_head", "classifier", "out", "output")
+
+
+def body_linears(model: nn.Module, skip_modules: Any, method: str) -> list[tuple[str, nn.Linear]]:
+    """Every Linear but the head, for methods that leave the output layer dense (sltrain, afm).
+
+    "auto" skips Linears whose last name part is in HEAD_NAMES or, when none is so named, the
+    last Linear registered; a list of name suffixes skips exactly those."""
+    linears = find_layers(model, (nn.Linear,), skip_tied=True)
+    if skip_modules == "auto":
+        heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES]
+        if not heads and linears:
+            heads = [linears[-1][0]]
+        return [(n, m) for n, m in linears if n not in heads]
+    _, chosen = split_by_suffixes(linears, skip_modules, method=method, hparam="skip_modules", what="Linear")
+    return chosen
+
+
+class MergeableDelta(nn.Module):
+    """A layer `base` plus an update `delta64()` (float64, detached) that can be folded into the base
+    weight and taken out again, exactly up to one rounding; never merged implicitly on eval()."""
+
+    merged: bool
+    base: nn.Module
+
+    def delta64(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight, so the forward costs exactly the dense FLOPs."""
+        if not self.merged:
+            w = self.base.weight
+            w.copy_((w.double() + self.delta64()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update back out of the base weight."""
+        if self.merged:
+            w = self.base.weight
+            w.copy_((w.double() - self.delta64()).to(w.dtype))
+            self.merged = False
+
+
+def merge_all(model: nn.Module, kind: type = MergeableDelta) -> int:
+    """Merge every layer of type `kind` in place; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, kind)]
+    for m in layers:
+        m.merge()
+    return len(layers)
+
+
+def unmerge_all(model: nn.Module, kind: type = MergeableDelta) -> int:
+    """Undo `merge_all`; returns how many layers were unmerged."""
+    layers = [m for m in model.modules() if isinstance(m, kind)]
+    for m in layers:
+        m.unmerge()
+    return len(layers)

@@ -41,8 +41,7 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
-from lowdim_bench_builtin.methods.sltrain import HEAD_NAMES
+from lowdim_bench_builtin.methods._layers import as_rank, body_linears, check_suffixes, copy_swapping
 from lowdim_bench_builtin.methods.svd import FactoredLinear
 
 
@@ -182,15 +181,7 @@ class AfmMethod(Method):
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer compressed, in registration order: all but the head."""
-        linears = find_layers(model, (nn.Linear,), skip_tied=True)
-        sm = self.hparams["skip_modules"]
-        if sm == "auto":
-            heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES]
-            if not heads and linears:
-                heads = [linears[-1][0]]
-            chosen = [(n, m) for n, m in linears if n not in heads]
-        else:
-            _, chosen = split_by_suffixes(linears, sm, method="afm", hparam="skip_modules", what="Linear")
+        chosen = body_linears(model, self.hparams["skip_modules"], self.name)
         if not chosen:
             raise PluginError("afm: no Linear left to compress once the head is skipped")
         return chosen

@@ -30,6 +30,7 @@ Choices (also in the report and docs):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, Sequence
 
@@ -39,7 +40,8 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, find_layers, replace_module, split_by_suffixes
+from lowdim_bench_builtin.methods._layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
+                                                  replace_module, split_by_suffixes, unmerge_all)
 
 
 def mode_product(t: torch.Tensor, factor: torch.Tensor, mode: int) -> torch.Tensor:
@@ -73,7 +75,7 @@ def layer_ranks(module: nn.Module, rank: int, kernel_rank: int) -> tuple[int, ..
     return tuple(min(r, i) for r, i in zip(wanted, dims))
 
 
-class FloraLayer(nn.Module):
+class FloraLayer(MergeableDelta):
     """A frozen nn.Linear or nn.Conv2d (`base`) plus a Tucker-form update of its whole weight."""
 
     def __init__(self, base: nn.Module, ranks: Sequence[int], scale: float, dropout: float,
@@ -121,41 +123,15 @@ class FloraLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
-    def _delta64(self) -> torch.Tensor:
+    def delta64(self) -> torch.Tensor:
         return self.scale * tucker_to_tensor(self.core.detach().double(), [u.detach().double() for u in self.factors])
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold dW into the base weight, so the forward costs exactly the dense FLOPs."""
-        if not self.merged:
-            w = self.base.weight
-            w.copy_((w.double() + self._delta64()).to(w.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            w = self.base.weight
-            w.copy_((w.double() - self._delta64()).to(w.dtype))
-            self.merged = False
 
     def extra_repr(self) -> str:
         return f"dims={list(self.dims)}, ranks={list(self.ranks)}, scale={self.scale}, merged={self.merged}"
 
 
-def merge_flora(model: nn.Module) -> int:
-    """Merge every FloraLayer in place; returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, FloraLayer)]
-    for m in layers:
-        m.merge()
-    return len(layers)
-
-
-def unmerge_flora(model: nn.Module) -> int:
-    layers = [m for m in model.modules() if isinstance(m, FloraLayer)]
-    for m in layers:
-        m.unmerge()
-    return len(layers)
+merge_flora = functools.partial(merge_all, kind=FloraLayer)
+unmerge_flora = functools.partial(unmerge_all, kind=FloraLayer)
 
 
 class FloraMethod(Method):

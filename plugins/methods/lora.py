@@ -22,6 +22,7 @@ Choices (also in the report and docs):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any
 
@@ -31,7 +32,8 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, find_layers, replace_module, split_by_suffixes
+from lowdim_bench_builtin.methods._layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
+                                                  replace_module, split_by_suffixes, unmerge_all)
 
 
 def _kaiming_(weight: torch.Tensor, generator: torch.Generator) -> None:
@@ -42,7 +44,7 @@ def _kaiming_(weight: torch.Tensor, generator: torch.Generator) -> None:
         weight.copy_(cpu.to(device=weight.device, dtype=weight.dtype))
 
 
-class LoraLayer(nn.Module):
+class LoraLayer(MergeableDelta):
     """A frozen nn.Linear or nn.Conv2d (`base`) plus a trainable low-rank update (`lora_A`, `lora_B`)."""
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, generator: torch.Generator) -> None:
@@ -91,47 +93,19 @@ class LoraLayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
-    def delta_weight(self) -> torch.Tensor:
+    def delta64(self) -> torch.Tensor:
         """The update (alpha/r) B A in the base weight's shape, in float64 (per group for convs)."""
         g, r = self.groups, self.rank
         a = self.lora_A.weight.detach().double().reshape(g, r, -1)
         b = self.lora_B.weight.detach().double().reshape(g, -1, r)
         return (torch.bmm(b, a) * self.scaling).reshape(self.base.weight.shape)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into the base weight, so the forward costs exactly the dense FLOPs."""
-        if not self.merged:
-            w = self.base.weight
-            w.copy_((w.double() + self.delta_weight()).to(w.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Take the update back out of the base weight (exact up to one rounding of W0 + dW)."""
-        if self.merged:
-            w = self.base.weight
-            w.copy_((w.double() - self.delta_weight()).to(w.dtype))
-            self.merged = False
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, groups={self.groups}, merged={self.merged}"
 
 
-def merge_lora(model: nn.Module) -> int:
-    """Merge every LoraLayer in `model` in place; returns how many were merged."""
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.merge()
-    return len(layers)
-
-
-def unmerge_lora(model: nn.Module) -> int:
-    """Undo `merge_lora`; returns how many layers were unmerged."""
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.unmerge()
-    return len(layers)
+merge_lora = functools.partial(merge_all, kind=LoraLayer)
+unmerge_lora = functools.partial(unmerge_all, kind=LoraLayer)
 
 
 def full_rank(module: nn.Module) -> int:

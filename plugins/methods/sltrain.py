@@ -15,7 +15,7 @@ Choices (also in the report and docs):
   reaches the values). impl "rebuild": the official kernel's form, dense W rebuilt in forward and
   again in backward by a custom autograd Function that saves only x, A, B, values and indices.
 - Targets every nn.Linear except the head (`skip_modules`): "auto" skips Linears whose last name
-  part is in HEAD_NAMES, or, when none is so named, the last Linear registered. A list of name
+  part is in _layers.HEAD_NAMES, or, when none is so named, the last Linear registered. A list of name
   suffixes skips exactly those. Linears with tied weights or owned by nn.MultiheadAttention are
   always left dense. The original bias (the fresh model's init) is kept.
 """
@@ -30,9 +30,8 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench_builtin.methods._layers import as_rank, body_linears, check_suffixes, copy_swapping
 
-HEAD_NAMES = ("head", "lm_head", "classifier", "out", "output")
 IMPLS = ("factored", "rebuild")
 
 
@@ -176,15 +175,7 @@ class SLTrainMethod(Method):
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer replaced, in registration order: all but the head."""
-        linears = find_layers(model, (nn.Linear,), skip_tied=True)
-        sm = self.hparams["skip_modules"]
-        if sm == "auto":
-            heads = [n for n, _ in linears if n.rsplit(".", 1)[-1] in HEAD_NAMES]
-            if not heads and linears:
-                heads = [linears[-1][0]]
-            chosen = [(n, m) for n, m in linears if n not in heads]
-        else:
-            _, chosen = split_by_suffixes(linears, sm, method="sltrain", hparam="skip_modules", what="Linear")
+        chosen = body_linears(model, self.hparams["skip_modules"], self.name)
         if not chosen:
             raise PluginError("sltrain: no Linear left to replace once the head is skipped")
         return chosen
