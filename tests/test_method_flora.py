@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.measure.flops import forward_flops
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.registry import Registry
@@ -16,15 +16,7 @@ from lowdim_bench.run.budget import search
 from lowdim_bench_builtin.methods import flora as flora_module
 from lowdim_bench_builtin.methods.flora import (
     FloraLayer, FloraMethod, contraction_flops, merge_flora, tucker_to_tensor, unmerge_flora)
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 7))
+from method_helpers import ctx, mlp
 
 
 def convnet() -> nn.Module:

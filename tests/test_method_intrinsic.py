@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.measure.flops import forward_flops, train_step_flops
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.registry import Registry
@@ -14,12 +14,9 @@ from lowdim_bench_builtin.methods import intrinsic as intrinsic_module
 from lowdim_bench_builtin.methods import said as said_module
 from lowdim_bench_builtin.methods.intrinsic import IntrinsicMethod, IntrinsicModel
 from lowdim_bench_builtin.methods.said import SaidMethod
+from method_helpers import ctx
 
 PROJ = ["dense", "sparse", "fastfood"]
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
 
 
 def mlp() -> nn.Module:

@@ -6,25 +6,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.registry import Registry
 from lowdim_bench_builtin.methods import lora as lora_module
 from lowdim_bench_builtin.methods.lora import LoraLayer, LoraMethod, merge_lora, unmerge_lora
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
+from method_helpers import ctx, mlp
 
 
 def flops(model: nn.Module, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as fc:
         model(x)
     return fc.get_total_flops()
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 7))
 
 
 def convnet() -> nn.Module:

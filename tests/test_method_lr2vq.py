@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.registry import Registry
 from lowdim_bench.run import budget
@@ -16,12 +16,9 @@ from lowdim_bench_builtin.methods import lr2vq as lr2vq_module
 from lowdim_bench_builtin.methods._quantise import VQLinear, to_subvectors
 from lowdim_bench_builtin.methods.lr2vq import Lr2vqMethod, low_rank_representation
 from lowdim_bench_builtin.methods.pq import PqMethod
+from method_helpers import ctx
 
 SIZES = [(16, 24, True), (24, 32, False), (32, 8, True)]  # (d_in, d_out, bias)
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
 
 
 def mlp() -> nn.Module:

@@ -9,16 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.registry import Registry
 from lowdim_bench_builtin.methods import sltrain as sltrain_module
 from lowdim_bench_builtin.methods.sltrain import SLTrainLinear, SLTrainMethod, _RebuildLinear, index_dtype
+from method_helpers import ctx
 
 DIMS = [(32, 48), (48, 40)]  # (in, out) of the replaced layers; the head 40 -> 10 stays dense
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
 
 
 def mlp() -> nn.Module:

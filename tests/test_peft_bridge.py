@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, PluginError
+from lowdim_bench.api import PluginError
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.registry import Registry
 from lowdim_bench.run.budget import apply_sized
@@ -20,15 +20,12 @@ from lowdim_bench_builtin.methods import peft_bridge
 from lowdim_bench_builtin.methods.lora import LoraLayer, LoraMethod, merge_lora
 from lowdim_bench_builtin.methods.peft_bridge import PeftLokr, PeftLora, PeftLoha, PeftVera
 from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
+from method_helpers import ctx
 
 
 @pytest.fixture
 def peft():
     return pytest.importorskip("peft")
-
-
-def ctx(seed: int = 0) -> ApplyContext:
-    return ApplyContext(seed=seed, device=torch.device("cpu"), task=None)  # type: ignore[arg-type]
 
 
 def digits_mlp() -> nn.Module:
