@@ -1,23 +1,40 @@
-"""The public API a plugin is written against: Method, Task, Metric and what they exchange.
+"""The public API a plugin is written against: Method, Task, Metric, Analysis and what they exchange.
 
-Everything a plugin needs is here, so a third-party plugin imports `lowdim_bench.api` and
-nothing deeper. The harness (run/) calls these in one fixed order per cell:
-task.splits -> base model -> method.apply -> train (recipe + method hooks) -> metrics.
+Everything a plugin needs is here (plus `lowdim_bench.layers` for methods that swap layers), so a
+third-party plugin imports `lowdim_bench.api` and nothing deeper. The harness calls these in one
+fixed order per cell:
+task.splits -> base model (trained, cached, or Task.pretrained) -> method.apply -> train (recipe +
+method hooks) -> metrics (which see the base, the applied and the trained model); after all cells,
+the analyses read the run's records and saved artefacts. docs/plugins.md documents every type.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol
 
+import polars as pl
 import torch
 from torch import nn
+
+from .hparams import Param, PluginError, check_all
+
+__all__ = ["KINDS", "PluginError", "ConfigError", "Param", "Knob", "Quality", "Recipe", "Inputs", "ApplyContext",
+           "Measurement", "MeasureContext", "Method", "Task", "Metric", "Analysis", "AnalysisContext",
+           "AnalysisResult", "AnalysisRecord", "Artefacts", "SuiteView", "trainable"]
 
 KINDS = ("compress", "adapt", "train", "head", "merge")
 
 
-class PluginError(Exception):
-    """A plugin broke the contract (bad hyper-parameter, wrong kind, ...). Message says which."""
+class ConfigError(Exception):
+    """Raised by `Analysis.validate` for a bad suite table; the suite loader adds file and line.
+    `key` names the field (dotted for nested ones, e.g. "checks.relation") when there is one."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,7 @@ class Knob:
     low: float
     high: float | None = None
     integer: bool = True
+    help: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,25 +86,76 @@ class Recipe:
 
 
 @dataclass
+class Inputs:
+    """One forward call's inputs: positional and keyword (a Hugging Face model takes
+    `input_ids=..., attention_mask=...`). `Inputs.of` accepts what tasks return: a tensor, a
+    tuple of positional inputs, a dict of keyword inputs, or an Inputs."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, x: Any) -> "Inputs":
+        if isinstance(x, Inputs):
+            return x
+        if isinstance(x, Mapping):
+            return cls((), dict(x))
+        if isinstance(x, (tuple, list)):
+            return cls(tuple(x), {})
+        return cls((x,), {})
+
+    def call(self, model: Callable[..., Any]) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Tensors inside tensors, tuples, lists, dicts and Inputs moved to `device`; the rest as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Inputs):
+        return Inputs(to_device(obj.args, device), to_device(obj.kwargs, device))
+    if isinstance(obj, Mapping):
+        return type(obj)({k: to_device(v, device) for k, v in obj.items()}) if type(obj) is not dict else \
+            {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(b, device) for b in obj)
+    return obj
+
+
+@dataclass
 class ApplyContext:
-    """What `Method.apply` may use besides the model: seed, device and calibration inputs."""
+    """What `Method.apply` may use besides the model.
+
+    calibration: yields `Inputs` from the task's training split (exactly what the model takes).
+    members: merge cells only, the fine-tuned models of the task's family by member name
+    (read-only: never mutate them). recipe: the training recipe the cell will run after apply
+    (steps for schedules such as AdaLoRA's; the lr may still be chosen from a grid)."""
 
     seed: int
     device: torch.device
     task: "Task"
-    calibration: Callable[[], Iterable[Any]] = lambda: ()  # yields model inputs (tuples)
+    calibration: Callable[[], Iterable[Inputs]] = lambda: ()
     generator: torch.Generator | None = None
+    kind: str = ""
+    members: dict[str, nn.Module] = field(default_factory=dict)
+    recipe: Recipe | None = None
 
 
 @dataclass
 class Measurement:
-    """One measured value. `phase` and `batch_size` qualify it (e.g. latency of inference at 64)."""
+    """One measured value. `phase`, `batch_size` and `seq_len` qualify it (latency of inference at
+    batch 64 and 128 tokens); `higher_is_better` is its direction (None: not a score or a cost)."""
 
     metric: str
     value: float
     unit: str
     phase: str | None = None
     batch_size: int | None = None
+    higher_is_better: bool | None = None
+    seq_len: int | None = None
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -97,27 +166,25 @@ class Method:
     """A low-dimensional method. Subclasses set the class attributes and implement `apply`.
 
     `kind` is what the method is; `kinds` lists every kind it can run under (dense runs under
-    all of them as the reference). `defaults` are the other hyper-parameters; a suite may
-    override them, and an unknown name is an error.
+    all of them). `params` declares the other hyper-parameters (typed, see `Param`); a suite may
+    override them, and an unknown name or a value of the wrong type or range is an error.
+    `reference`: the entry a suite compares the others against (ratios, d_int90 baselines) unless
+    the suite names its own `reference`.
     """
 
     name: ClassVar[str]
     kind: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()
     knob: ClassVar[Knob | None] = None
-    defaults: ClassVar[dict[str, Any]] = {}
+    params: ClassVar[dict[str, Param]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}  # untyped form of `params`: types inferred from the values
     targets: ClassVar[tuple[str, ...]] = ("Linear",)
     identity_at_init: ClassVar[bool] = False
+    reference: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, **hparams: Any) -> None:
-        unknown = set(hparams) - set(self.defaults)
-        if unknown:
-            raise PluginError(
-                f"method {self.name!r}: unknown hyper-parameter(s) {sorted(unknown)}; "
-                f"known: {sorted(self.defaults) or 'none'}"
-            )
-        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+        self.hparams: dict[str, Any] = check_all(type(self), "method", hparams)
 
     @classmethod
     def supported_kinds(cls) -> tuple[str, ...]:
@@ -132,7 +199,8 @@ class Method:
         return self.knob.low, self.knob.high
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
-        """Return a new model in the method's form. Never mutate `model` (deep-copy first)."""
+        """Return a new model in the method's form. Never mutate `model` (deep-copy first).
+        Merge methods get the base as `model` and the fine-tuned members in `ctx.members`."""
         raise NotImplementedError
 
     # Optional training hooks, for methods whose training differs from plain AdamW on the loss.
@@ -155,27 +223,24 @@ class Method:
 class Task:
     """A workload: data, model, training recipe and quality metric.
 
-    `options` are the sizes and settings a suite may override (model width, steps, ...), so a
-    GPU user scales a task from the suite file. Split objects are opaque to the harness: it only
-    hands them back to `batches`, `evaluate` and `loss`.
+    `params` declares the options a suite may set (model width, steps, ...), so a GPU user scales
+    a task from the suite file. Split objects are opaque to the harness: it only hands them back
+    to `batches`, `evaluate` and `loss`. Batches may be tensors, tuples or dicts.
 
     Stages: "target" is the task people are scored on; "source" is what an adapt base model is
-    pretrained on (a different label set, input distribution or corpus part). Compress and the
-    reference models start from a model trained on "target".
+    pretrained on. Compress and the references start from a model trained on "target". A family
+    (`members()`) adds one stage per member, "member:<name>", each fine-tuned from the source base.
     """
 
     name: ClassVar[str]
     quality: ClassVar[Quality]
-    defaults: ClassVar[dict[str, Any]] = {}
+    params: ClassVar[dict[str, Param]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}  # untyped form of `params`
+    budget_scope: ClassVar[str] = "all parameters"  # what `in_budget` keeps, in words (goes into records)
     description: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.defaults)
-        if unknown:
-            raise PluginError(
-                f"task {self.name!r}: unknown option(s) {sorted(unknown)}; known: {sorted(self.defaults) or 'none'}"
-            )
-        self.options: dict[str, Any] = {**self.defaults, **options}
+        self.options: dict[str, Any] = check_all(type(self), "task", options)
 
     def fingerprint(self) -> str:
         """Identifies the data this task reads (file hashes, generator version); goes into cache keys."""
@@ -185,12 +250,17 @@ class Task:
         """A freshly initialised model (what `train` methods start from)."""
         raise NotImplementedError
 
+    def pretrained(self, stage: str, seed: int) -> nn.Module | None:
+        """A ready base model for a stage (a pretrained checkpoint), or None to have the harness
+        train one from `make_model` with the "pretrain" recipe (and cache it)."""
+        return None
+
     def splits(self, stage: str, seed: int) -> dict[str, Any]:
-        """{"train", "val", "test"} split objects for a stage ("target" or "source")."""
+        """{"train", "val", "test"} split objects for a stage ("target", "source", "member:<name>")."""
         raise NotImplementedError
 
     def recipe(self, purpose: str) -> Recipe:
-        """Training recipe for "pretrain" (from scratch), "finetune" (adapt) or "recover" (after compress)."""
+        """Training recipe for "pretrain" (from scratch), "finetune" (adapt, family members) or "recover"."""
         return Recipe()
 
     def batches(self, split: Any, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
@@ -204,7 +274,16 @@ class Task:
         """The quality metric on a whole split, in `quality.unit`."""
         raise NotImplementedError
 
-    def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
+    def model_inputs(self, batch: Any) -> Inputs:
+        """What the model takes from a training batch (calibration uses it): by default the first
+        element of a tuple batch; a dict batch minus a "labels" entry; else the batch itself."""
+        if isinstance(batch, Mapping):
+            return Inputs((), {k: v for k, v in batch.items() if k != "labels"})
+        if isinstance(batch, (tuple, list)):
+            return Inputs.of(batch[0])
+        return Inputs.of(batch)
+
+    def example_inputs(self, batch_size: int, device: torch.device) -> tuple | Inputs:
         """Inputs for one forward call at this batch size (FLOPs, latency, memory)."""
         raise NotImplementedError
 
@@ -212,20 +291,36 @@ class Task:
         """A training batch at this batch size (training-step latency and memory)."""
         raise NotImplementedError
 
+    def sequence_length(self, inputs: Inputs) -> int | None:
+        """Tokens per sample behind a per-sample figure (None for non-sequence inputs)."""
+        return None
+
+    def in_budget(self, param_name: str) -> bool:
+        """Whether a parameter (by its name in the model) counts toward budgets; say what is left
+        out in `budget_scope`. Default: every parameter."""
+        return True
+
+    def members(self) -> list[str]:
+        """Names of the fine-tuned members of this task's family (merge cells); empty: no family."""
+        return []
+
+    def member_view(self, merged: nn.Module, member: str, member_model: nn.Module) -> nn.Module:
+        """The merged model as scored on one member (e.g. with that member's own head)."""
+        return merged
+
     def to_device(self, batch: Any, device: torch.device) -> Any:
-        if isinstance(batch, torch.Tensor):
-            return batch.to(device)
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self.to_device(b, device) for b in batch)
-        return batch
+        return to_device(batch, device)
 
 
 @dataclass
 class MeasureContext:
-    """What a Metric sees: the trained model, its deployed form, and how to exercise them.
+    """What a Metric sees.
 
-    `model` is the training form (for training-step figures); `inference_model` is what
-    `Method.for_inference` returned (for forward FLOPs, inference latency and memory).
+    model: the trained model (training form, for training-step figures); inference_model: what
+    `Method.for_inference` returned (forward FLOPs, inference latency, memory); base_model: the
+    model the method was applied to (frozen; the fresh init for `train` cells); applied_model:
+    the method's model before training (a frozen copy, present when a metric `needs` it);
+    members: the family's fine-tuned members (merge cells).
     """
 
     task: Task
@@ -237,14 +332,122 @@ class MeasureContext:
     protocol: dict[str, Any]
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
     dense_params: int
+    base_model: nn.Module | None = None
+    applied_model: nn.Module | None = None
+    members: dict[str, nn.Module] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def example_inputs(self, batch_size: int) -> Inputs:
+        return Inputs.of(self.task.example_inputs(batch_size, self.device))
 
 
 class Metric:
-    """A measurement a suite can ask for by name (`measure = ["flops", ...]`)."""
+    """A measurement a suite can ask for by name (`measure = ["flops", ...]`).
+
+    `needs`: extra inputs the harness must prepare, from {"applied_model"} (a copy before training)."""
 
     name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         raise NotImplementedError
+
+
+# ---- analyses: after the cells, across them -----------------------------------------------------
+@dataclass(frozen=True)
+class SuiteView:
+    """What an analysis may check its suite table against: task names, method entries (the name
+    a suite row shows -> the registered method) and the reference entry."""
+
+    tasks: tuple[str, ...]
+    entries: Mapping[str, str]
+    reference: str | None
+    path: str = ""
+
+
+@dataclass
+class ArtefactInfo:
+    """One saved artefact of one cell (`save = ["model"]`)."""
+
+    cell_key: str
+    task: str
+    method: str  # the entry's shown name
+    kind: str
+    size: str  # as the summary shows it: 0.1, knob 4, full
+    seed: int
+    what: str  # "model"
+    path: Path
+    bytes: int
+
+
+class Artefacts(Protocol):
+    """Saved artefacts of a run. `load_model` rebuilds the cell's model structure (base + method
+    at the knob it reached) and loads the saved weights into it."""
+
+    def list(self, what: str = "model") -> list[ArtefactInfo]: ...
+
+    def load_model(self, cell_key: str) -> nn.Module: ...
+
+
+@dataclass
+class AnalysisRecord:
+    """One value an analysis measured; fields left None are not about one cell (e.g. a CKA
+    between two methods names both in `phase` or `metric`)."""
+
+    metric: str
+    value: float
+    unit: str
+    task: str | None = None
+    method: str | None = None
+    kind: str | None = None
+    seed: int | None = None
+    phase: str | None = None
+    higher_is_better: bool | None = None
+
+
+@dataclass
+class AnalysisResult:
+    """An analysis's output: a table (written as <name>.csv in the run folder), a Markdown section
+    (appended to summary.md) and records (stored with the run's records)."""
+
+    table: pl.DataFrame | None = None
+    markdown: str = ""
+    records: list[AnalysisRecord] = field(default_factory=list)
+
+
+@dataclass
+class AnalysisContext:
+    run_dir: Path
+    records: pl.DataFrame
+    summary: pl.DataFrame
+    options: Any
+    suite: SuiteView
+    artefacts: Artefacts
+
+
+class Analysis:
+    """Runs after a run's cells, on its records and saved artefacts.
+
+    table: the suite's top-level table it reads (`[[claims]]` -> "claims"); a suite that has the
+    table runs the analysis, and so does one that names it in `analyses = [...]`. validate:
+    check that table before any cell runs (raise ConfigError). needs: artefacts the cells must
+    save for it, from {"model"}.
+    """
+
+    name: ClassVar[str]
+    table: ClassVar[str | None] = None
+    needs: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def validate(self, raw: Any, suite: SuiteView) -> Any:
+        """The suite table checked and normalised (JSON-able: it is stored in run.json)."""
+        return raw
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        raise NotImplementedError
+
+    def render(self, table: pl.DataFrame) -> str:
+        """The table as `lowdim-bench run` and `show` print it."""
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, fmt_str_lengths=80):
+            return str(table)

@@ -1,4 +1,4 @@
-"""The whole plugin contract: four hooks, each handed a `register` callback.
+"""The whole plugin contract: five hooks, four of them handed a `register` callback.
 
 A plugin is any module or object with functions marked `@hookimpl`, published under the
 entry-point group `lowdim_bench`. The callback style (as in llm and pytest) keeps these
@@ -28,6 +28,12 @@ def register_tasks(register: Callable[[type], None]) -> None:
 @hookspec
 def register_metrics(register: Callable[[type], None]) -> None:
     """Register Metric subclasses: call `register(MyMetric)` once per metric."""
+
+
+@hookspec
+def register_analyses(register: Callable[[type], None]) -> None:
+    """Register Analysis subclasses: call `register(MyAnalysis)` once per analysis. An analysis runs
+    after a run's cells, on its records and saved artefacts, and writes its own table."""
 
 
 @hookspec

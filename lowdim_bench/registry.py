@@ -6,6 +6,7 @@ stops the others. `strict=True` (CI) turns any such failure into an error.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
@@ -15,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable
 
 import pluggy
@@ -62,17 +64,58 @@ class Provided:
     code_version: str
 
 
-def code_version(cls: type, plugin: PluginInfo) -> str:
-    """Distribution version plus a hash of the defining module's source.
-
-    The hash makes cache and resume keys change when built-in code changes without a release.
-    """
+def _local_imports(module: ModuleType) -> list[str]:
+    """Names of the modules `module` imports from its own top-level package (at any depth of the
+    file: a helper imported inside a function counts too)."""
+    top = module.__name__.split(".")[0]
     try:
-        src = inspect.getsource(sys.modules[cls.__module__])
-        digest = hashlib.sha256(src.encode()).hexdigest()[:10]
-    except (OSError, TypeError, KeyError):
-        digest = "nosource"
-    return f"{plugin.version or '0'}+{digest}"
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0]
+                parts = pkg.split(".")
+                pkg = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{pkg}.{base}" if base else pkg
+            out.append(base)
+            out += [f"{base}.{a.name}" for a in node.names]  # `from pkg import helper_module`
+    return [m for m in out if m == top or m.startswith(top + ".")]
+
+
+def module_closure(name: str) -> list[str]:
+    """`name` and every module of its own top-level package that it imports, transitively."""
+    seen: list[str] = []
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        mod = sys.modules.get(current)
+        if current in seen or mod is None or not getattr(mod, "__file__", None):
+            continue
+        seen.append(current)
+        stack.extend(_local_imports(mod))
+    return sorted(seen)
+
+
+def code_version(cls: type, plugin: PluginInfo) -> str:
+    """Distribution version plus a hash of the source of the defining module and of every module of
+    the same package it imports (a helper module too).
+
+    The hash makes cache and resume keys change when plugin code changes without a release.
+    """
+    digest = hashlib.sha256()
+    names = module_closure(cls.__module__)
+    for name in names:
+        try:
+            digest.update(name.encode() + b"\0" + inspect.getsource(sys.modules[name]).encode())
+        except (OSError, TypeError, KeyError):
+            digest.update(name.encode() + b"\0nosource")
+    return f"{plugin.version or '0'}+{digest.hexdigest()[:10] if names else 'nosource'}"
 
 
 def _block_list() -> set[str]:
@@ -105,6 +148,7 @@ class Registry:
         self.methods: dict[str, Provided] = {}
         self.tasks: dict[str, Provided] = {}
         self.metrics: dict[str, Provided] = {}
+        self.analyses: dict[str, Provided] = {}
         self.suite_dirs: list[Path] = []
 
     # ---- building -------------------------------------------------------------------------
@@ -178,7 +222,8 @@ class Registry:
         """Call each plugin's hooks one by one so a failure is attributed to its plugin."""
         tables = {"register_methods": ("method", self.methods, api.Method),
                   "register_tasks": ("task", self.tasks, api.Task),
-                  "register_metrics": ("metric", self.metrics, api.Metric)}
+                  "register_metrics": ("metric", self.metrics, api.Metric),
+                  "register_analyses": ("analysis", self.analyses, api.Analysis)}
         for hook_name, (what, table, base) in tables.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 info = self.plugins[impl.plugin_name]
@@ -214,6 +259,11 @@ class Registry:
             bad = [k for k in cls.supported_kinds() if k not in api.KINDS]
             if bad:
                 raise api.PluginError(f"method {name!r}: kind(s) {bad} not in {api.KINDS}")
+        if what == "analysis" and cls.table is not None:
+            owner = next((p for p in table.values() if p.cls.table == cls.table), None)
+            if owner is not None:
+                raise api.PluginError(f"analysis {name!r}: suite table {cls.table!r} is already read by analysis "
+                                      f"{owner.cls.name!r} of plugin {owner.plugin.name!r}")
         if name in table:
             raise api.PluginError(f"{what} {name!r} is already registered by plugin {table[name].plugin.name!r}")
         table[name] = Provided(cls=cls, plugin=info, code_version=code_version(cls, info))
@@ -242,6 +292,13 @@ class Registry:
 
     def metric(self, name: str) -> Provided:
         return self._lookup(self.metrics, "metric", name)
+
+    def analysis(self, name: str) -> Provided:
+        return self._lookup(self.analyses, "analysis", name)
+
+    def analysis_for_table(self, table: str) -> Provided | None:
+        """The analysis that owns a suite's top-level table (`[[claims]]`), if one does."""
+        return next((p for p in self.analyses.values() if p.cls.table == table), None)
 
     def suite_files(self) -> list[Path]:
         files: list[Path] = []

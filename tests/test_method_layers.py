@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lowdim_bench.api import PluginError
-from lowdim_bench_builtin.methods._layers import (
+from lowdim_bench.layers import (
     as_rank, check_suffixes, copy_swapping, find_layers, matches, replace_module, split_by_suffixes, tied_params)
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
-from lowdim_bench_builtin.methods._layers import check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 _CHUNK_ELEMENTS = 1 << 18  # distance-matrix elements per assignment chunk: 2 MiB in float64, cache-sized (10x faster than 32 MiB chunks here)
 

@@ -41,7 +41,7 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, body_linears, check_suffixes, copy_swapping
+from lowdim_bench.layers import as_rank, body_linears, check_suffixes, copy_swapping
 from lowdim_bench_builtin.methods.svd import FactoredLinear
 
 

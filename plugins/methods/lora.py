@@ -32,7 +32,7 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
+from lowdim_bench.layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
                                                   replace_module, split_by_suffixes, unmerge_all)
 
 

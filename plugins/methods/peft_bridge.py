@@ -48,7 +48,7 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, find_layers, split_by_suffixes
+from lowdim_bench.layers import as_rank, check_suffixes, find_layers, split_by_suffixes
 from lowdim_bench_builtin.methods.lora import full_rank
 
 MIN_PEFT = (0, 10)

@@ -48,7 +48,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.methods._layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 WHICH = ("top", "bottom")
 

@@ -1,19 +1,19 @@
-"""Layer selection and replacement shared by the built-in methods.
+"""The authoring kit for methods that rewrite layers: find them, swap them in a copy, merge deltas.
 
-Each method keeps its own policy (which types it targets, what it skips, what it builds); this
-module holds the mechanics they have in common, so a fix to one (say, how a name suffix matches)
-reaches all of them.
+Public (docs/plugins.md): built-in and third-party methods use the same pieces, so a method is its
+policy (which layers, what replaces them) and nothing else. Each method keeps its own policy; the
+mechanics here are shared, so a fix to one (say, how a name suffix matches) reaches all of them.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowdim_bench.api import PluginError
+from .hparams import PluginError
 
 Named = list[tuple[str, nn.Module]]
 
@@ -80,6 +80,21 @@ def as_rank(size: float | None, method: str) -> int:
     return int(size)
 
 
+def max_rank(layer: nn.Module) -> int:
+    """The largest rank an update of this layer's weight can have: min(d_out, d_in) of a Linear,
+    min(C_out / groups, C_in / groups x kh x kw) per group of a conv."""
+    w = layer.weight
+    return int(min(w.shape[0] // getattr(layer, "groups", 1), w[0].numel()))
+
+
+def check_rank(rank: int, layer: nn.Module, name: str, method: str) -> None:
+    """Refuse a rank above what the layer's weight can hold, naming the layer and its limit."""
+    limit = max_rank(layer)
+    if rank > limit:
+        raise PluginError(f"method {method!r}: rank {rank} exceeds layer {name!r}'s largest rank {limit} "
+                          f"(weight {tuple(layer.weight.shape)})")
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """`model` with the submodule at dotted `name` swapped for `new`; the empty name is the model
     itself, which cannot be swapped in place, so callers must use the return value."""
@@ -87,6 +102,16 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
         return new
     model.set_submodule(name, new)
     return model
+
+
+def swap_layers(model: nn.Module, names: Iterable[str], build: Callable[[str, nn.Module], nn.Module]) -> nn.Module:
+    """A deep copy of `model` in which each named layer is replaced by `build(name, layer)`, where
+    `layer` is the copy's own layer (a wrapper may keep it as its frozen `base`). The caller's
+    model is never touched: the one rule every method must keep."""
+    new = copy.deepcopy(model)
+    for name in names:
+        new = replace_module(new, name, build(name, new.get_submodule(name)))
+    return new
 
 
 def copy_swapping(model: nn.Module, swaps: Iterable[tuple[nn.Module, nn.Module]]) -> nn.Module:
