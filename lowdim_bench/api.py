@@ -274,6 +274,16 @@ class Task:
         """The quality metric on a whole split, in `quality.unit`."""
         raise NotImplementedError
 
+    def predictions(self, model: nn.Module, split: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(logits, labels) over a whole split, for classification tasks: calibration metrics (ECE,
+        NLL) read them. None: not a classification task."""
+        return None
+
+    def features(self, model: nn.Module, split: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(penultimate features (n, d), labels (n,)) over a split, for representation metrics
+        (coding rate, CKA). None: the task does not say which layer that is."""
+        return None
+
     def model_inputs(self, batch: Any) -> Inputs:
         """What the model takes from a training batch (calibration uses it): by default the first
         element of a tuple batch; a dict batch minus a "labels" entry; else the batch itself."""
@@ -335,6 +345,7 @@ class MeasureContext:
     base_model: nn.Module | None = None
     applied_model: nn.Module | None = None
     members: dict[str, nn.Module] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)  # the cell's target splits (train/val/test)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def example_inputs(self, batch_size: int) -> Inputs:
@@ -388,6 +399,14 @@ class Artefacts(Protocol):
     def list(self, what: str = "model") -> list[ArtefactInfo]: ...
 
     def load_model(self, cell_key: str) -> nn.Module: ...
+
+    def task(self, cell_key: str) -> Task:
+        """The cell's task, built with the cell's options."""
+        ...
+
+    def splits(self, cell_key: str) -> dict[str, Any]:
+        """The cell's target splits (its seed's)."""
+        ...
 
 
 @dataclass

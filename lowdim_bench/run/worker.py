@@ -189,8 +189,7 @@ def _calibration(task: api.Task, split: Any, seed: int, device: torch.device, n_
     gen = torch.Generator().manual_seed(seed + 1)
     it = task.batches(split, 64, gen)
     for _ in range(n_batches):
-        batch = task.to_device(next(it), device)
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield task.model_inputs(task.to_device(next(it), device))
 
 
 def classify(exc: BaseException) -> str:

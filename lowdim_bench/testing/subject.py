@@ -138,8 +138,7 @@ class MethodSubject:
         gen = torch.Generator().manual_seed(self.seed + 1)
         batches = self.task.batches(self.splits()["train"], 64, gen)
         for _ in range(4):
-            batch = next(batches)
-            yield batch[0] if isinstance(batch, (tuple, list)) else batch
+            yield self.task.model_inputs(next(batches))
 
     def context(self, seed: int | None = None, generator: torch.Generator | None = None) -> api.ApplyContext:
         seed = self.seed if seed is None else seed

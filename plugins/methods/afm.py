@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Inputs, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.layers import as_rank, body_linears, check_suffixes, copy_swapping
 from lowdim_bench_builtin.methods.svd import FactoredLinear
@@ -89,15 +89,6 @@ def principal(stats: OutputStats) -> Principal:
     return Principal(stats.mean.clone(), evals.flip(0), evecs.flip(1).contiguous())
 
 
-def _run(model: nn.Module, inputs: Any) -> None:
-    if isinstance(inputs, (tuple, list)):
-        model(*inputs)
-    elif isinstance(inputs, dict):
-        model(**inputs)
-    else:
-        model(inputs)
-
-
 def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batches: Iterable[Any],
                     max_batches: int) -> dict[str, OutputStats]:
     """Output statistics of each layer over at most `max_batches` calibration batches."""
@@ -110,7 +101,7 @@ def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batch
             for i, batch in enumerate(batches):
                 if i >= max_batches:
                     break
-                _run(model, batch)
+                Inputs.of(batch).call(model)
     finally:
         for h in handles:
             h.remove()
