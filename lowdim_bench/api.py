@@ -158,6 +158,13 @@ class Measurement:
     seq_len: int | None = None
 
 
+def _derive_defaults(cls: type) -> None:
+    """`defaults` of a class that declares `params`: the typed defaults, so `Cls.defaults[name]`
+    reads the same whichever way a plugin declared its settings."""
+    if "params" in cls.__dict__:  # a parent's settings are not inherited unless `params` repeats them
+        cls.defaults = {**cls.__dict__.get("defaults", {}), **{k: p.default for k, p in cls.params.items()}}
+
+
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -182,6 +189,10 @@ class Method:
     identity_at_init: ClassVar[bool] = False
     reference: ClassVar[bool] = False
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _derive_defaults(cls)
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams: dict[str, Any] = check_all(type(self), "method", hparams)
@@ -238,6 +249,10 @@ class Task:
     defaults: ClassVar[dict[str, Any]] = {}  # untyped form of `params`
     budget_scope: ClassVar[str] = "all parameters"  # what `in_budget` keeps, in words (goes into records)
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _derive_defaults(cls)
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = check_all(type(self), "task", options)

@@ -14,12 +14,12 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import __version__, gate, intrinsic_dim, report
+from . import __version__, gate, listing, report
+from .core import events as ev
+from .plan import make_plan
 from .registry import PluginLoadError, Registry
-from .run import events as ev
-from .run.executor import resolve_device
 from .run.runner import run_cells
-from .suite import SuiteError, expand, load_suite
+from .suite import Overrides, SuiteError
 
 USAGE_ERROR = 2
 
@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dir", type=Path, default=Path("."), help="parent folder (default: the current one)")
 
     ls = sub.add_parser("list", help="list plugins, methods, tasks, suites or metrics")
-    ls.add_argument("what", nargs="?", default="methods", choices=["plugins", "methods", "tasks", "suites", "metrics"])
+    ls.add_argument("what", nargs="?", default="methods",
+                    choices=["plugins", "methods", "tasks", "suites", "metrics", "analyses"])
+    ls.add_argument("--verbose", "-v", action="store_true",
+                    help="every setting a suite may give (type, default, range, help); tasks: the dense size")
 
     c = sub.add_parser("compare", help="gate NEW against BASE: exit 1 on a regression beyond its tolerance",
                        description="Regression gate (docs/gate.md). Exit codes: 0 pass, 1 regression, 2 usage.")
@@ -126,25 +129,19 @@ def _print_summary(s, fmt: str) -> None:
         print(report.render_table(s))
 
 
-def _print_claims(run_dir: Path) -> None:
-    path = Path(run_dir) / "claims.csv"
-    if path.exists():
-        import polars as pl
+def print_analyses(run_dir: Path, registry: Registry | None = None) -> None:
+    """Each analysis table the run wrote (<name>.csv), rendered by its analysis when installed."""
+    import polars as pl
 
-        print("\nclaims:")
-        for r in pl.read_csv(path).to_dicts():
-            print(f"  {r['verdict']:13} {r['claim']}: {r['paper']}\n                {r['measured']}")
-
-
-def resolve_suite(name: str, registry: Registry) -> Path:
-    path = Path(name)
-    if path.exists():
-        return path
-    for f in registry.suite_files():
-        if f.stem == name or f.name == name:
-            return f
-    known = ", ".join(sorted(f.stem for f in registry.suite_files())) or "none"
-    raise SuiteError(f"{name}: no such suite file, and no plugin provides a suite of that name; known: {known}")
+    meta = json.loads((Path(run_dir) / "run.json").read_text())
+    for name in (meta.get("suite") or {}).get("analyses") or {}:
+        path = Path(run_dir) / f"{name}.csv"
+        if not path.exists():
+            continue
+        table = pl.read_csv(path, infer_schema_length=None)
+        registry = registry or Registry.load()
+        prov = registry.analyses.get(name) if registry is not None else None
+        print("\n" + (prov.cls().render(table) if prov else f"{name}:\n{table}"))
 
 
 def cmd_run(args, registry: Registry) -> int:
@@ -156,65 +153,24 @@ def cmd_run(args, registry: Registry) -> int:
     else:
         if not args.suites:
             raise SuiteError("name at least one suite, e.g. `lowdim-bench run suites/smoke.toml`")
-        plans = []
-        for name in args.suites:
-            suite = load_suite(resolve_suite(name, registry), registry)
-            if args.budgets:
-                suite.budgets = args.budgets
-                suite.methods = [replace(m, budgets=[]) for m in suite.methods]
-            if args.knobs:
-                suite.methods = [replace(m, budgets=[], knobs=args.knobs) for m in suite.methods]
-            if args.seeds:
-                suite.seeds = args.seeds
-            if args.timeout:
-                suite.timeout_s = args.timeout
-            cells = expand(suite, registry, device=resolve_device(args.device))
-            for flag, attr in ((args.methods, "shown_name"), (args.tasks, "task")):
-                if flag:
-                    known = {getattr(c, attr) for c in cells}
-                    missing = [x for x in flag if x not in known]
-                    if missing:
-                        option = "--methods" if attr == "shown_name" else "--tasks"
-                        raise SuiteError(f"{option}: {missing} not in suite {suite.name!r}; it has {sorted(known)}")
-                    cells = [c for c in cells if getattr(c, attr) in flag]
-            meta = {"name": suite.name, "version": suite.version, "path": str(suite.path),
-                    "claims": [asdict(c) for c in suite.claims], "intrinsic_dimension": suite.intrinsic_dimension}
-            plans.append((cells, meta))
-        results = [run_cells(cells, meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
-                             listeners=[ProgressPrinter()]) for cells, meta in plans]
+        overrides = Overrides(budgets=args.budgets, knobs=args.knobs, seeds=args.seeds, timeout_s=args.timeout,
+                              methods=args.methods, tasks=args.tasks, device=args.device)
+        plans = [make_plan(name, registry, overrides) for name in args.suites]  # every suite checked first
+        results = [run_cells(p.cells, p.meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
+                             listeners=[ProgressPrinter()]) for p in plans]
     failed = False
     for res in results:
         _print_summary(report.summary(report.load(res.run_dir)), args.format)
-        _print_claims(res.run_dir)
-        intrinsic_dim.print_table(res.run_dir)
+        print_analyses(res.run_dir, registry)
         print(f"\nreport: {res.run_dir}/ (records.parquet, summary.csv, summary.md)")
         failed |= res.failed > 0 or res.cancelled
     return 1 if failed else 0
 
 
 def cmd_list(args, registry: Registry) -> int:
-    if args.what == "plugins":
-        for p in sorted(registry.plugins.values(), key=lambda p: p.name):
-            src = "built-in" if p.builtin else f"{p.dist or '?'} {p.version or ''}".strip()
-            print(f"{p.name:20} {p.status:8} {src:24} {', '.join(p.provides)}")
-            if p.error:
-                print("    " + p.error.rstrip().replace("\n", "\n    "))
-        return 0
-    if args.what == "suites":
-        for f in registry.suite_files():
-            print(f"{f.stem:20} {f}")
-        return 0
-    table = {"methods": registry.methods, "tasks": registry.tasks, "metrics": registry.metrics}[args.what]
-    for name, prov in sorted(table.items()):
-        cls = prov.cls
-        extra = ""
-        if args.what == "methods":
-            knob = cls.knob.name if cls.knob else "-"
-            extra = f"{'/'.join(cls.supported_kinds()):24} knob={knob:8}"
-        src = "built-in" if prov.plugin.builtin else f"{prov.plugin.dist} {prov.plugin.version}"
-        print(f"{name:16} {extra} {src:20} {cls.description.splitlines()[0] if cls.description else ''}")
+    print("\n".join(listing.lines(registry, args.what, args.verbose)))
     broken = registry.broken
-    if broken:
+    if broken and args.what != "plugins":
         print(f"\n{len(broken)} plugin(s) failed to load: {', '.join(p.name for p in broken)} "
               "(see `lowdim-bench list plugins`)", file=sys.stderr)
     return 0
@@ -271,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.render_table(summary, args.metrics))
             else:
                 _print_summary(summary, args.format)
-                _print_claims(args.run_dir)
-                intrinsic_dim.print_table(args.run_dir)
+                print_analyses(args.run_dir)
             return 0
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":

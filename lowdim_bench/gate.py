@@ -11,8 +11,9 @@ is statistically significant. docs/gate.md has the rules and why; in short:
   (quality: the task's `higher_is_better`; latency, memory, FLOPs: up), so `quality:-1%` guards
   accuracy and bits/byte alike; the sign is for the reader. `NAME:off` drops a tolerance,
   `default` expands to DEFAULT_SPEC, `none` clears the list.
-- Latency is gated *relative to dense*: each latency figure divided by the same run's dense
-  entry of the same task, kind, phase, batch size and seed, so a CI machine that is slower (or
+- Latency is gated *relative to the reference*: each latency figure divided by the same run's
+  reference entry (records with `reference` true: the suite's `reference`, dense by default) of
+  the same task, kind, phase, batch size and seed, so a CI machine that is slower (or
   busier) as a whole passes; a method getting slower relative to dense fails.
 - Noise: with two or more shared seeds, quality and latency must also differ significantly in a
   paired t test over seeds (95%; latency on log ratios). With one seed, quality is gated on the
@@ -37,7 +38,6 @@ import polars as pl
 from . import report, stats
 
 DEFAULT_SPEC = "quality:-1%,latency_p50:+10%,memory_peak:+5%,flops:+0%"
-REFERENCE = "dense"  # the method entry latency is normalised by
 EPS = 1e-9  # relative slack so that float noise in exact figures is not a change
 # Smallest noise band of a one-seed interleaved latency check (a ratio NEW/BASE). Measured: four
 # smoke runs with identical code on a shared 2-core machine (load 10-16) moved interleaved
@@ -143,14 +143,15 @@ def per_seed_table(df: pl.DataFrame) -> pl.DataFrame:
     df = report._with_size(df.filter(pl.col("status") == "ok"))
     df = df.with_columns(pl.struct(["metric", "phase", "batch_size"]).map_elements(
         lambda s: report.column_name(s["metric"], s["phase"], s["batch_size"]), return_dtype=pl.Utf8).alias("column"))
-    return df.group_by(KEY + ["seed", "column"]).agg(pl.col("value").mean(), pl.col("higher_is_better").first())
+    return df.group_by(KEY + ["seed", "column"]).agg(pl.col("value").mean(), pl.col("higher_is_better").first(),
+                                                     pl.col("reference").fill_null(False).any())
 
 
 def _normalise_latency(t: pl.DataFrame) -> pl.DataFrame:
-    """Latency columns divided by the dense reference of the same task/kind/column/seed; the rows
+    """Latency columns divided by the reference entry of the same task/kind/column/seed; the rows
     that have no reference keep their seconds and say so (`normalised` false)."""
     lat = t.filter(pl.col("column").map_elements(is_latency, return_dtype=pl.Boolean))
-    ref = lat.filter(pl.col("method") == REFERENCE).select("task", "kind", "seed", "column",
+    ref = lat.filter(pl.col("reference")).select("task", "kind", "seed", "column",
                                                              pl.col("value").alias("ref"))
     lat = lat.join(ref, on=["task", "kind", "seed", "column"], how="left")
     lat = lat.with_columns(pl.col("ref").is_not_null().alias("normalised"),
@@ -170,10 +171,12 @@ class RunView:
     direction: dict[tuple[str, str], bool | None]  # (task, column) -> higher_is_better
     raw: dict[tuple, dict[str, dict[int, float]]]  # un-normalised, for spreads
     failed: dict[tuple, str]  # row key -> first error line, rows with no ok seed
+    refs: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (task, kind) -> the reference row
 
     @classmethod
     def of(cls, df: pl.DataFrame) -> "RunView":
         base = per_seed_table(df) if not df.filter(pl.col("status") == "ok").is_empty() else None
+        refs: dict = {}
         values: dict = {}
         raw: dict = {}
         normalised: dict = {}
@@ -181,6 +184,8 @@ class RunView:
         if base is not None:
             for r in base.iter_rows(named=True):
                 raw.setdefault(_key(r), {}).setdefault(r["column"], {})[r["seed"]] = r["value"]
+                if r["reference"]:
+                    refs[(r["task"], r["kind"])] = _key(r)
             for r in _normalise_latency(base).iter_rows(named=True):
                 k = _key(r)
                 values.setdefault(k, {}).setdefault(r["column"], {})[r["seed"]] = r["value"]
@@ -193,7 +198,7 @@ class RunView:
             k = _key(r)
             if k not in values:
                 failed.setdefault(k, (r["error"] or "failed").splitlines()[0])
-        return cls(values, normalised, direction, raw, failed)
+        return cls(values, normalised, direction, raw, failed, refs)
 
 
 def _key(r: dict) -> tuple:
@@ -267,7 +272,7 @@ def _noise_band(a: RunView, b: RunView, row: tuple, column: str, seed_a: int, se
     spreads = []
     sc = _spread_column(column)
     for view, seed in ((a, seed_a), (b, seed_b)):
-        for key in (row, (task, kind, REFERENCE, "full")):
+        for key in (row, view.refs.get((task, kind))):
             v = view.raw.get(key, {}).get(sc, {}).get(seed)
             if v is not None and not math.isnan(v):
                 spreads.append(v)
@@ -282,9 +287,9 @@ def check_one(a: RunView, b: RunView, row: tuple, column: str, tol: Tolerance) -
     base, new = _mean(va), _mean(vb)
     sign = _worse_sign(a.direction.get((row[0], column), b.direction.get((row[0], column))))
     norm = a.normalised.get(row, {}).get(column, False) and b.normalised.get(row, {}).get(column, False)
-    unit = " (x dense)" if norm else ""
+    unit = " (x reference)" if norm else ""
     chk = Check(row, column, PASS, "", base, new, None, tol.describe(), 0)
-    if (norm or metric_of(column) == "latency_ratio") and row[2] == REFERENCE:
+    if (norm or metric_of(column) == "latency_ratio") and row in (a.refs.get(row[:2]), b.refs.get(row[:2])):
         chk.status, chk.reason = SKIP, "the latency reference: other rows of its task/kind are gated relative to it"
         return chk
     if math.isnan(base) or math.isnan(new):
@@ -374,13 +379,13 @@ def evaluate(base: pl.DataFrame, new: pl.DataFrame, tolerances: Iterable[Toleran
         notes.append("quality with fewer than 2 shared seeds: gated on the tolerance alone (no significance test)")
     if any(is_timing(c.column) and is_interleaved(c.column) for c in one_seed):
         notes.append("interleaved latency with 1 seed: a change must also exceed the noise band (largest "
-                     f"per-call p90/p50 of the method and its dense reference, BASE and NEW; at least x{NOISE_FLOOR:g})")
+                     f"per-call p90/p50 of the method and its reference, BASE and NEW; at least x{NOISE_FLOOR:g})")
     if any(is_timing(c.column) and not is_interleaved(c.column) for c in one_seed):
         notes.append("per-cell latency (each cell timed in its own process) with 1 seed: shown, not gated; "
                      "run 2 or more seeds for a paired test")
     if any(is_latency(c.column) and not a.normalised.get(c.row, {}).get(c.column) for c in checks
            if c.status != SKIP and c.column != "cells"):
-        notes.append(f"some latency rows have no {REFERENCE!r} reference in their task/kind: gated in seconds")
+        notes.append("some latency rows have no reference entry in their task/kind: gated in seconds")
     order = {FAIL: 0, WARN: 1, PASS: 2, SKIP: 3}
     checks.sort(key=lambda c: order[c.status])
     return GateResult(checks, notes, tols)

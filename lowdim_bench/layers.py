@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hparams import PluginError
+from .hparams import Param, PluginError
 
 Named = list[tuple[str, nn.Module]]
 
@@ -180,3 +180,16 @@ def unmerge_all(model: nn.Module, kind: type = MergeableDelta) -> int:
     for m in layers:
         m.unmerge()
     return len(layers)
+
+
+# ---- the settings most layer-rewriting methods share (declare them as `params` entries) ---------
+TARGET_MODULES = Param("all", str | list[str], help='"all" of the layers the method targets, or a list of '
+                       "module-name suffixes (a suffix that matches nothing is an error)")
+SKIP_MODULES = Param("auto", str | list[str], help='"auto" leaves the head dense (a Linear named head, lm_head, '
+                     "classifier, out or output, else the last Linear); or a list of name suffixes to leave dense")
+MERGED_INFERENCE = Param(False, bool, help="measure inference on the merged (deployed) model: dense cost; "
+                         "training-step figures stay unmerged")
+RECOVER = Param(False, bool, help="fine-tune after compressing, with the task's recover recipe")
+SKIP_ABOVE_BREAK_EVEN = Param(True, bool, help="leave a layer dense where the factored form would be larger")
+ALPHA = Param(8.0, float, low=1e-12, help="scale numerator: the update is multiplied by alpha / rank")
+DROPOUT = Param(0.0, float, low=0.0, high=0.999, help="dropout on the update's input during training")

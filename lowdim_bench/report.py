@@ -12,23 +12,11 @@ from typing import Any
 
 import polars as pl
 
-SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.Utf8, "suite": pl.Utf8, "suite_version": pl.Utf8,
-    "task": pl.Utf8, "method": pl.Utf8, "kind": pl.Utf8, "plugin": pl.Utf8, "plugin_version": pl.Utf8,
-    "config": pl.Utf8, "cell_key": pl.Utf8, "attempt": pl.Utf8,
-    "budget": pl.Float64, "budget_reached": pl.Float64, "knob": pl.Float64, "seed": pl.Int64,
-    "device": pl.Utf8, "metric": pl.Utf8, "phase": pl.Utf8, "batch_size": pl.Int64,
-    "value": pl.Float64, "unit": pl.Utf8, "higher_is_better": pl.Boolean,
-    "status": pl.Utf8, "error": pl.Utf8, "started_at": pl.Utf8, "duration_s": pl.Float64,
-    "torch_version": pl.Utf8, "python_version": pl.Utf8, "device_name": pl.Utf8, "threads": pl.Int64,
-    "git_rev": pl.Utf8,
-}
+from .core.records import SCHEMA, to_frame
+from .core.store import RunStore
+from .stats import t_quantile
+
 GROUP = ["task", "kind", "method", "size"]
-
-
-def to_frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    rows = [{k: r.get(k) for k in SCHEMA} for r in records]
-    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def load(run_dir: str | Path) -> pl.DataFrame:
@@ -36,14 +24,18 @@ def load(run_dir: str | Path) -> pl.DataFrame:
     run_dir = Path(run_dir)
     parquet = run_dir / "records.parquet"
     if parquet.exists():
-        return pl.read_parquet(parquet)
-    from .run.store import RunStore  # local: store imports nothing from here
-
+        frame = pl.read_parquet(parquet)
+        missing = [c for c in SCHEMA if c not in frame.columns]  # a run written before a field existed
+        return frame.with_columns(pl.lit(None, dtype=SCHEMA[c]).alias(c) for c in missing) if missing else frame
     return to_frame(RunStore.open(run_dir).records())
 
 
 def column_name(metric: str, phase: str | None, batch_size: int | None) -> str:
-    name = metric if not phase else f"{metric}[{phase}]"
+    """`latency_p50[inference]@bs64`. Only figures qualified by a phase (latency, memory) are per
+    batch size; per-sample figures (FLOPs) carry their batch size in the record, not the name."""
+    if not phase:
+        return metric
+    name = f"{metric}[{phase}]"
     return name if batch_size is None else f"{name}@bs{batch_size}"
 
 
@@ -69,13 +61,17 @@ def _size_key(size: str) -> tuple[int, float]:
 
 
 def _sorted(s: pl.DataFrame) -> pl.DataFrame:
-    order = sorted(range(len(s)), key=lambda i: (s["task"][i], s["kind"][i], s["method"][i], _size_key(s["size"][i])))
+    order = sorted(range(len(s)), key=lambda i: (s["task"][i] or "", s["kind"][i] or "", s["method"][i] or "",
+                                                 _size_key(s["size"][i])))
     return s[order]
 
 
 def summary(df: pl.DataFrame) -> pl.DataFrame:
     """One row per task/kind/method/size: mean over seeds of every metric, quality spread,
     seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
+    # rows of the table are cells: records of a pass over the run that name no cell (a failed
+    # interleave group, an analysis's cross-cell values) live in their own files, not here
+    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null())
     if df.is_empty():
         return pl.DataFrame()
     df = _with_size(df)
@@ -86,6 +82,7 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("seed").filter(pl.col("status") == "ok").n_unique().alias("n_seeds"),
         pl.col("cell_key").filter(pl.col("status") == "failed").n_unique().alias("n_failed"),
         pl.col("error").filter(pl.col("status") == "failed").first().alias("first_error"),
+        pl.col("over_budget").fill_null(False).any().alias("over_budget"),
     )
     if ok.is_empty():
         return _sorted(counts)
@@ -108,8 +105,6 @@ def _ci95(n: int | None, std: float | None) -> float | None:
     """Half-width of the two-sided 95% t interval of a mean of n values (None below 2 values)."""
     if not n or n < 2 or std is None or math.isnan(std):
         return None
-    from .stats import t_quantile  # local: stats imports polars only, but keeps report light
-
     return t_quantile(0.975, n - 1) * std / math.sqrt(n)
 
 
@@ -195,9 +190,13 @@ def _display_value(col: str, v: Any) -> Any:
     return v
 
 
+OVER = " over"  # after `reached`: even the smallest knob exceeds the budget (shown, never silent)
+
+
 def table_rows(s: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     cols = display_columns(s)
-    rows = [[_fmt(_display_value(c, r.get(c))) for c, _ in cols] for r in s.to_dicts()]
+    rows = [[_fmt(_display_value(c, r.get(c))) + (OVER if c == "budget_reached" and r.get("over_budget") else "")
+             for c, _ in cols] for r in s.to_dicts()]
     return [h for _, h in cols], rows
 
 
@@ -236,7 +235,9 @@ def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "") 
     s = summary(df)
     if not s.is_empty():
         s.write_csv(run_dir / "summary.csv")
-    notes = ("Quality is the task's metric on its test split (mean over seeds, ± = std, ±95% = half-width of "
+    notes = ("`reached` is the fraction of the dense model's parameters the cell's model has (trainable for adapt, "
+             "stored otherwise, counted over the task's budget scope); `over` marks a cell whose smallest knob is "
+             "already over its budget. Quality is the task's metric on its test split (mean over seeds, ± = std, ±95% = half-width of "
              "the 95% t interval, `-` with one seed; `seeds` = how many seeds stand behind each row). Latency in ms "
              "(median), memory in MiB (peak of one training step), FLOPs per sample. "
              "`pareto` marks rows on the quality-vs-parameters front of their task and kind; `tie` marks rows "
@@ -251,7 +252,7 @@ def compare(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
     sa, sb = summary(a), summary(b)
     if sa.is_empty() or sb.is_empty():
         return pl.DataFrame()
-    skip = set(GROUP) | {"n_failed", "first_error", "units", "pareto", "pareto_tie", "higher_is_better"}
+    skip = set(GROUP) | {"n_failed", "first_error", "units", "pareto", "pareto_tie", "higher_is_better", "over_budget"}
     metrics = [c for c in sa.columns if c in sb.columns and c not in skip]
     la = sa.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="a")
     lb = sb.unpivot(index=GROUP, on=metrics, variable_name="metric", value_name="b")

@@ -1,8 +1,11 @@
-"""Suite files: TOML -> validated Suite -> Cells.
+"""Suite files: TOML (+ run overrides) -> validated Suite.
 
-Errors name the file, the line where we can find it, the table and the field, and say what was
-expected. Names of methods, tasks and metrics are checked against the registry so a typo lists
-the known names. The format is documented in docs/suites.md.
+Every value is checked by the typed schema (suite_schema.py) and every name against the
+registry before anything runs: method hyper-parameters and task options against their typed
+declarations, analysis tables (`[[claims]]`) by the analysis that owns them. Errors name the
+file, the line where we can find it, the table and the field, and say what was expected; an
+error in a value that came from a command-line override names the option instead. The format is
+documented in docs/suites.md; suite -> cells is plan.py.
 """
 from __future__ import annotations
 
@@ -12,44 +15,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 from . import api
-from .claims import RELATIONS, Check, Claim
-from .intrinsic_dim import parse_options as _intrinsic_options
+from .hparams import PluginError
 from .registry import Registry, UnknownName
-from .run.cells import Cell
-
-DEFAULT_MEASURE = ["params", "flops", "latency", "memory"]
-DEFAULT_PROTOCOL: dict[str, Any] = {
-    "batch_sizes": [1, 64],
-    "warmup": 5,
-    "repeats": 30,
-    "max_seconds": 2.0,
-    "threads": 0,  # 0 = every usable core, divided among parallel jobs
-    "memory_batch_size": 64,
-    "train_batch_size": 64,
-    "interleave": True,  # after a task's cells finish, time them all A B A B in one process
-    "compile": False,  # also time torch.compile'd inference, compile time kept apart
-    "roofline": True,  # latency records carry their roofline bound (device calibrated at run start)
-}
-BOOL_PROTOCOL = {"interleave", "compile", "roofline"}
-METHOD_KEYS = {"method", "budgets", "knobs", "kinds", "recipe", "lr_grid", "timeout_s", "tasks"}
-TOP_KEYS = {"name", "version", "description", "tasks", "methods", "budgets", "seeds", "measure", "claims",
-            "protocol", "tuning", "timeout_s", "recipe", "intrinsic_dimension"}
+from .suite_schema import HARNESS_KEYS, METHOD_KEYS, SuiteModel, first_error
 
 
 class SuiteError(Exception):
-    """A suite that cannot run. The message is meant for the user as is."""
+    """A suite (or an override) that cannot run. The message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What `lowdim-bench run` flags and the app's setup tab change in a suite. None: the suite's own."""
+
+    budgets: list[float] | None = None
+    knobs: list[float] | None = None
+    seeds: list[int] | None = None
+    timeout_s: float | None = None
+    methods: list[str] | None = None  # entries (shown names) to keep
+    tasks: list[str] | None = None
+    device: str = "auto"
+
+
+OPTION = {"budgets": "--budgets", "knobs": "--knobs", "seeds": "--seeds", "timeout_s": "--timeout"}
+
+
+@dataclass
+class TaskSpec:
+    task: str  # the registered task
+    options: dict[str, Any]
+    recipe: dict[str, Any]
 
 
 @dataclass
 class MethodEntry:
     name: str  # the registered method
-    alias: str  # the suite's name for the entry ("lowrank" = sltrain with delta 0)
+    alias: str  # the suite's name for the entry when it differs ("lowrank" = sltrain with delta 0)
     hparams: dict[str, Any]
     budgets: list[float]
     knobs: list[float]
@@ -59,6 +68,10 @@ class MethodEntry:
     timeout_s: float | None = None
     tasks: list[str] = field(default_factory=list)  # only these of the suite's tasks (default: all)
 
+    @property
+    def shown_name(self) -> str:
+        return self.alias or self.name
+
 
 @dataclass
 class Suite:
@@ -66,7 +79,7 @@ class Suite:
     name: str
     version: str
     description: str
-    tasks: dict[str, dict[str, Any]]  # name -> {"options": {...}, "recipe": {...}}
+    tasks: dict[str, TaskSpec]  # shown name -> spec
     methods: list[MethodEntry]
     budgets: list[float]
     seeds: list[int]
@@ -75,281 +88,277 @@ class Suite:
     lr_grid: list[float]
     timeout_s: float
     recipe: dict[str, Any] = field(default_factory=dict)
-    claims: list[Claim] = field(default_factory=list)
-    intrinsic_dimension: dict[str, Any] | None = None  # [intrinsic_dimension]: the d_int90 analysis
+    reference: str | None = None  # the entry ratios and baselines are taken against
+    analyses: dict[str, Any] = field(default_factory=dict)  # analysis name -> its validated options
+    save: list[str] = field(default_factory=list)
+
+    def view(self) -> api.SuiteView:
+        return api.SuiteView(tuple(self.tasks), {m.shown_name: m.name for m in self.methods}, self.reference,
+                             str(self.path))
 
 
 class _Where:
-    """Builds error messages that point at file, line, table and field."""
+    """Builds error messages that point at file, line, table and field (or at the override)."""
 
-    def __init__(self, path: Path, text: str) -> None:
-        self.path, self.lines = path, text.splitlines()
+    def __init__(self, path: Path, text: str, overridden: set[tuple] = frozenset()) -> None:
+        self.path, self.lines, self.overridden = path, text.splitlines(), overridden
 
-    def line_of(self, table: str | None, key: str | None) -> int | None:
+    def _header(self, table: str, nth: int = 0) -> int | None:
+        parts = [re.escape(p) for p in table.split(".")]
+        pat = re.compile(r"^\s*\[+\s*\"?" + r"\"?\s*\.\s*\"?".join(parts) + r"\"?\s*\]+\s*(#.*)?$")
+        hits = [i for i, ln in enumerate(self.lines) if pat.match(ln)]
+        return hits[nth] if len(hits) > nth else None
+
+    def line_of(self, table: str | None, key: str | None, nth: int = 0) -> int | None:
         start = 0
         if table:
-            pat = re.compile(r"^\s*\[+\s*" + re.escape(table).replace(r"\.", r"\s*\.\s*\"?") + r"\"?\s*\]+")
-            hits = [i for i, ln in enumerate(self.lines) if pat.match(ln)]
-            if not hits:
+            start = self._header(table, nth)
+            if start is None:
+                if key is None:  # a table written inline: find its name as a key
+                    return self.line_of(None, table.split(".")[-1])
                 return None
-            start = hits[0]
             if key is None:
                 return start + 1
         if key:
             kpat = re.compile(r"^\s*\"?" + re.escape(key) + r"\"?\s*=")
             for i in range(start + (1 if table else 0), len(self.lines)):
-                if table and i > start and self.lines[i].lstrip().startswith("[") and not kpat.match(self.lines[i]):
+                if table and self.lines[i].lstrip().startswith("["):
                     break
                 if kpat.match(self.lines[i]):
                     return i + 1
         return None
 
-    def error(self, table: str | None, key: str | None, msg: str) -> SuiteError:
-        line = self.line_of(table, key)
+    def error(self, table: str | None, key: str | None, msg: str, nth: int = 0) -> SuiteError:
+        option = OPTION.get(key or "") if (table, key) in self.overridden or (None, key) in self.overridden else None
+        if option:
+            return SuiteError(f"{option}: {msg}")
+        line = self.line_of(table, key, nth)
         loc = f"{self.path}" + (f":{line}" if line else "")
         what = " ".join(x for x in [f"[{table}]" if table else "", f"field {key!r}" if key else ""] if x)
         return SuiteError(f"{loc}: {what + ': ' if what else ''}{msg}")
 
-
-def _numbers(where: _Where, table: str | None, key: str, value: Any, lo: float, hi: float | None,
-             integer: bool = False, lo_open: bool = False) -> list:
-    kind = "integers" if integer else "numbers"
-    rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
-    if not isinstance(value, list) or not value:
-        raise where.error(table, key, f"expected a non-empty list of {kind} in {rng}, got {value!r}")
-    for v in value:
-        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok_type or (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
-            raise where.error(table, key, f"expected a non-empty list of {kind} in {rng}, got {v!r} in {value!r}")
-    return list(value)
+    def at(self, loc: tuple, msg: str) -> SuiteError:
+        """An error at a pydantic location such as ("methods", "lora", "budgets", 0)."""
+        names = [str(p) for p in loc if not isinstance(p, int)]
+        if names and names[0] in ("tasks", "methods") and len(names) >= 2:
+            table = ".".join(names[:2] + (["recipe"] if "recipe" in names[2:3] else []))
+            key = names[-1] if len(names) > len(table.split(".")) else None
+            return self.error(table, key, msg)
+        if names and names[0] in ("protocol", "tuning", "recipe") and len(names) >= 2:
+            return self.error(names[0], names[1], msg)
+        return self.error(None, names[0] if names else None, msg)
 
 
-def _table(where: _Where, table: str, key: str | None, value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise where.error(table, key, f"expected a table, got {type(value).__name__} {value!r}")
-    return value
-
-
-def load_suite(path: str | Path, registry: Registry) -> Suite:
-    """Read and validate a suite file against what the registry provides."""
-    path = Path(path)
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         text = path.read_text()
-    except OSError as e:
-        raise SuiteError(f"{path}: cannot read suite file: {e.strerror or e}") from None
-    where = _Where(path, text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError(f"{path}: cannot read suite file: {getattr(e, 'strerror', None) or e}") from None
     try:
-        raw = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: not valid TOML: nested too deeply") from None
 
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise where.error(None, key, f"unknown top-level field; expected one of {sorted(TOP_KEYS)}")
-    for key in ("name", "tasks", "methods"):
-        if key not in raw:
-            raise where.error(None, key, "required field is missing")
-    name = raw["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise where.error(None, "name", f"expected a name of letters, digits, '-', '_' or '.', got {name!r}")
-    version = str(raw.get("version", "1"))
-    budgets = _numbers(where, None, "budgets", raw.get("budgets", [1.0]), 0, 1, lo_open=True)
-    seeds = _numbers(where, None, "seeds", raw.get("seeds", [0]), 0, None, integer=True)
-    timeout = _seconds(where, None, raw.get("timeout_s", 600))
 
-    tasks = _load_tasks(where, raw["tasks"], registry)
-    methods = _load_methods(where, raw["methods"], registry, set(tasks))
-    measure = raw.get("measure", DEFAULT_MEASURE)
-    if not isinstance(measure, list) or not all(isinstance(m, str) for m in measure):
-        raise where.error(None, "measure", f"expected a list of metric names, got {measure!r}")
-    for m in measure:
+def _as_table(raw: dict, key: str, where: _Where) -> None:
+    """`tasks = ["a", "b"]` -> {"a": {}, "b": {}} (the list form), with its own errors."""
+    value = raw.get(key)
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise where.error(None, key, f"expected a list of names or a table of entries, got {str(value)[:200]}")
+        if len(set(value)) != len(value):
+            raise where.error(None, key, f"a name is listed twice in {value!r}")
+        raw[key] = {v: {} for v in value}
+
+
+def _apply(raw: dict, ov: Overrides, registry: Registry) -> set[tuple]:
+    """Write the overrides into the raw suite, so one schema validates both; returns what was set."""
+    done: set[tuple] = set()
+    for key in ("budgets", "seeds", "timeout_s"):
+        value = getattr(ov, key)
+        if value is not None:
+            raw[key] = list(value) if isinstance(value, list) else value
+            done.add((None, key))
+    methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+    for alias, spec in methods.items():
+        if not isinstance(spec, dict):
+            continue
+        if ov.budgets is not None or ov.knobs is not None:
+            spec.pop("budgets", None)
+        if ov.knobs is not None:
+            name = spec.get("method", alias)
+            cls = registry.methods.get(name).cls if name in registry.methods else None
+            if cls is not None and cls.knob is not None:
+                spec["knobs"] = list(ov.knobs)
+                done.add((f"methods.{alias}", "knobs"))
+    return done
+
+
+def load_suite(path: str | Path, registry: Registry, overrides: Overrides | None = None) -> Suite:
+    """Read and validate a suite file (with its overrides) against what the registry provides."""
+    path = Path(path)
+    text, raw = read_toml(path)
+    where = _Where(path, text)
+    for key in ("tasks", "methods"):
+        _as_table(raw, key, where)
+    if overrides is not None:
+        where.overridden = _apply(raw, overrides, registry)
+    extra = {k: raw.pop(k) for k in list(raw) if k not in HARNESS_KEYS}
+    try:
+        model = SuiteModel.model_validate(raw)
+    except ValidationError as e:
+        raise where.at(*first_error(e)) from None
+    except RecursionError:
+        raise SuiteError(f"{path}: nested too deeply") from None
+
+    tasks = {name: _task(where, name, entry, registry) for name, entry in model.tasks.items()}
+    methods = [_method(where, alias, entry, registry, set(tasks)) for alias, entry in model.methods.items()]
+    for m in model.measure:
+        if m not in registry.metrics:
+            raise where.error(None, "measure", _unknown(registry, "metric", m))
+    reference = _reference(where, model.reference, methods, registry)
+    suite = Suite(path=path, name=model.name, version=str(model.version), description=model.description,
+                  tasks=tasks, methods=methods, budgets=model.budgets, seeds=model.seeds, measure=model.measure,
+                  protocol=model.protocol.model_dump(), lr_grid=model.tuning.lr or [], timeout_s=model.timeout_s,
+                  recipe=model.recipe.fields(), reference=reference, save=list(model.save))
+    suite.analyses = _analyses(where, model.analyses, extra, suite, registry)
+    for name in suite.analyses:
+        for need in registry.analysis(name).cls.needs:
+            if need not in suite.save:
+                suite.save.append(need)
+    return suite
+
+
+def _unknown(registry: Registry, what: str, name: str) -> str:
+    """'unknown method X; known: ...', or that the plugin meant to provide it failed to load."""
+    try:
+        getattr(registry, what)(name)
+    except UnknownName as e:
+        return str(e)
+    return ""
+
+
+def _task(where: _Where, shown: str, entry: Any, registry: Registry) -> TaskSpec:
+    table = f"tasks.{shown}"
+    name = entry.task or shown
+    if name not in registry.tasks:
+        key = "task" if entry.task else None
+        raise where.error(table if entry.task or entry.model_extra else None, key or "tasks",
+                          _unknown(registry, "task", name))
+    cls = registry.task(name).cls
+    options = dict(entry.model_extra or {})
+    _construct(where, table, cls, options)
+    return TaskSpec(name, options, entry.recipe.fields())
+
+
+def _method(where: _Where, alias: str, entry: Any, registry: Registry, suite_tasks: set[str]) -> MethodEntry:
+    table = f"methods.{alias}"
+    name = entry.method or alias
+    hparams = dict(entry.model_extra or {})
+    if name not in registry.methods:
+        explicit = entry.method is not None
+        raise where.error(table if explicit or hparams else None, "method" if explicit else "methods",
+                          _unknown(registry, "method", name))
+    cls = registry.method(name).cls
+    if (entry.budgets or entry.knobs) and cls.knob is None:
+        raise where.error(table, "budgets" if entry.budgets else "knobs", f"method {name!r} has no size knob")
+    if entry.knobs and cls.knob.integer and any(float(k) != int(k) for k in entry.knobs):
+        raise where.error(table, "knobs", f"knob {cls.knob.name!r} takes integers, got {entry.knobs!r}")
+    if entry.knobs and any(k < cls.knob.low or (cls.knob.high is not None and k > cls.knob.high) for k in entry.knobs):
+        hi = "the model's limit" if cls.knob.high is None else f"{cls.knob.high:g}"
+        raise where.error(table, "knobs", f"knob {cls.knob.name!r} takes values in [{cls.knob.low:g}, {hi}], "
+                          f"got {entry.knobs!r}")
+    kinds = entry.kinds or []
+    if any(k not in cls.supported_kinds() for k in kinds):
+        raise where.error(table, "kinds", f"expected a list drawn from {list(cls.supported_kinds())}, got {kinds!r}")
+    only = entry.tasks or []
+    if any(t not in suite_tasks for t in only):
+        raise where.error(table, "tasks", f"expected a list drawn from the suite's tasks {sorted(suite_tasks)}, "
+                          f"got {only!r}")
+    _construct(where, table, cls, hparams)
+    return MethodEntry(name, alias if alias != name else "", hparams, entry.budgets or [], entry.knobs or [], kinds,
+                       entry.recipe.fields(), entry.lr_grid or [], entry.timeout_s, only)
+
+
+def _construct(where: _Where, table: str, cls: type, settings: dict[str, Any]) -> None:
+    """Build the method or task once with the suite's settings, so their typed declarations and
+    the plugin's own checks run before any cell does; errors point at the setting."""
+    try:
+        cls(**settings)
+    except Exception as e:  # a plugin's __init__ may raise anything: one line for the user
+        text = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+        key = next((k for k in settings if re.search(rf"\b{re.escape(k)}\b", text)), None)
+        hint = f" (harness fields: {sorted(METHOD_KEYS)})" if "unknown" in text and issubclass(cls, api.Method) else ""
+        raise where.error(table, key, f"{text[:500]}{hint}") from None
+
+
+def _reference(where: _Where, named: str | None, methods: list[MethodEntry], registry: Registry) -> str | None:
+    shown = [m.shown_name for m in methods]
+    if named is not None:
+        if named not in shown:
+            raise where.error(None, "reference", f"{named!r} names no method entry of the suite; entries: {shown}")
+        return named
+    marked = [m.shown_name for m in methods if registry.method(m.name).cls.reference]
+    return marked[0] if marked else None
+
+
+def _analyses(where: _Where, named: list[str], extra: dict[str, Any], suite: Suite,
+              registry: Registry) -> dict[str, Any]:
+    """Validate each analysis's table up front; a top-level key no analysis owns is an error."""
+    out: dict[str, Any] = {}
+    for name in named:
+        if name not in registry.analyses:
+            raise where.error(None, "analyses", _unknown(registry, "analysis", name))
+        out[name] = None
+    for key, value in extra.items():
+        owner = registry.analysis_for_table(key)
+        if owner is None:
+            tables = sorted(p.cls.table for p in registry.analyses.values() if p.cls.table)
+            raise where.error(None, key, f"unknown top-level field; expected one of {sorted(HARNESS_KEYS)} "
+                              f"or an analysis table {tables}")
+        out[owner.cls.name] = value
+    view = suite.view()
+    for name, value in out.items():
+        analysis = registry.analysis(name).cls()
+        table = analysis.table
+        if value is None and table is not None:
+            raise where.error(None, "analyses", f"analysis {name!r} needs the suite table [{table}]")
         try:
-            registry.metric(m)
-        except UnknownName as e:
-            raise where.error(None, "measure", str(e)) from None
-
-    protocol = dict(DEFAULT_PROTOCOL)
-    for key, value in _table(where, "protocol", None, raw.get("protocol", {})).items():
-        if key not in DEFAULT_PROTOCOL:
-            raise where.error("protocol", key, f"unknown field; expected one of {sorted(DEFAULT_PROTOCOL)}")
-        if key == "batch_sizes":
-            value = _numbers(where, "protocol", key, value, 1, None, integer=True)
-        elif key in BOOL_PROTOCOL:
-            if not isinstance(value, bool):
-                raise where.error("protocol", key, f"expected true or false, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise where.error("protocol", key, f"expected a number >= 0, got {value!r}")
-        protocol[key] = value
-
-    tuning = _table(where, "tuning", None, raw.get("tuning", {}))
-    for key in tuning:
-        if key != "lr":
-            raise where.error("tuning", key, "unknown field; expected 'lr' (a learning-rate grid)")
-    lr_grid = _numbers(where, "tuning", "lr", tuning["lr"], 0, None, lo_open=True) if "lr" in tuning else []
-    recipe = _recipe(where, "recipe", raw.get("recipe", {}))
-    claims = _load_claims(where, raw.get("claims", []), tasks, methods)
-    intrinsic = None
-    if "intrinsic_dimension" in raw:  # validated here, evaluated at the end of the run (intrinsic_dim.py)
-        intrinsic = vars(_intrinsic_options(raw["intrinsic_dimension"], [(m.alias or m.name, m.name) for m in methods],
-                                            lambda key, msg: where.error("intrinsic_dimension", key, msg)))
-
-    return Suite(path=path, name=name, version=version, description=str(raw.get("description", "")),
-                 tasks=tasks, methods=methods, budgets=budgets, seeds=seeds, measure=list(measure),
-                 protocol=protocol, lr_grid=lr_grid, timeout_s=float(timeout), recipe=recipe,
-                 claims=claims, intrinsic_dimension=intrinsic)
-
-
-def _seconds(where: _Where, table: str | None, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise where.error(table, "timeout_s", f"expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _recipe(where: _Where, table: str, value: Any) -> dict[str, Any]:
-    value = _table(where, table, None, value)
-    fields = api.Recipe.__dataclass_fields__
-    for key in value:
-        if key not in fields:
-            raise where.error(table, key, f"unknown recipe field; expected one of {sorted(fields)}")
-    return dict(value)
-
-
-def _load_claims(where: _Where, value: Any, tasks: dict[str, Any], methods: list["MethodEntry"]) -> list[Claim]:
-    """`[[claims]]`: name, text, task, optional kind, and `[[claims.checks]]` (see claims.Check)."""
-    if not isinstance(value, list):
-        raise where.error(None, "claims", "expected an array of tables ([[claims]])")
-    entries = {m.alias or m.name for m in methods}
-    out = []
-    for i, raw in enumerate(value):
-        table = f"claims #{i + 1}"
-        if not isinstance(raw, dict):
-            raise where.error(None, "claims", f"{table}: expected a table")
-        raw = dict(raw)
-        for key in ("name", "text", "task", "checks"):
-            if key not in raw:
-                raise where.error(None, "claims", f"{table}: required field {key!r} is missing")
-        if raw["task"] not in tasks:
-            raise where.error(None, "claims", f"{table}: task {raw['task']!r} is not in the suite's tasks {sorted(tasks)}")
-        kind = raw.get("kind")
-        if kind is not None and kind not in api.KINDS:
-            raise where.error(None, "claims", f"{table}: kind {kind!r} not in {api.KINDS}")
-        checks = []
-        for j, c in enumerate(raw["checks"] if isinstance(raw["checks"], list) else [None]):
-            where_c = f"{table} check #{j + 1}"
-            if not isinstance(c, dict) or "a" not in c or "b" not in c:
-                raise where.error(None, "claims", f"{where_c}: expected a table with 'a' and 'b' (\"method@size\")")
-            unknown = set(c) - set(Check.__dataclass_fields__)
-            if unknown:
-                raise where.error(None, "claims", f"{where_c}: unknown field(s) {sorted(unknown)}; "
-                                  f"expected {sorted(Check.__dataclass_fields__)}")
-            for ref in (c["a"], c["b"]):
-                if str(ref).partition("@")[0].strip() not in entries:
-                    raise where.error(None, "claims", f"{where_c}: {ref!r} names no method entry of the suite; "
-                                      f"entries: {sorted(entries)}")
-            if c.get("relation", "better") not in RELATIONS:
-                raise where.error(None, "claims", f"{where_c}: relation {c.get('relation')!r} not in {RELATIONS}")
-            checks.append(Check(**c))
-        out.append(Claim(name=str(raw["name"]), text=str(raw["text"]), task=raw["task"], kind=kind, checks=checks))
+            out[name] = analysis.validate(value, view)
+        except api.ConfigError as e:
+            raise _config_error(where, table or name, e) from None
+        except Exception as e:  # a plugin's validate may raise anything: still one line for the user
+            raise where.error(table, None, f"analysis {name!r} could not check its table: "
+                              f"{type(e).__name__}: {e}") from None
     return out
 
 
-def _load_tasks(where: _Where, value: Any, registry: Registry) -> dict[str, dict[str, Any]]:
-    if isinstance(value, list):
-        value = {t: {} for t in value}
-    if not isinstance(value, dict) or not value:
-        raise where.error(None, "tasks", f"expected a list of task names or a table of tasks, got {value!r}")
-    out = {}
-    for tname, opts in value.items():
-        if not isinstance(tname, str):
-            raise where.error(None, "tasks", f"expected task names, got {tname!r}")
-        try:
-            cls = registry.task(tname).cls
-        except UnknownName as e:
-            raise where.error(f"tasks.{tname}" if opts else None, None if opts else "tasks", str(e)) from None
-        opts = dict(_table(where, f"tasks.{tname}", None, opts))
-        recipe = _recipe(where, f"tasks.{tname}.recipe", opts.pop("recipe", {}))
-        for key in opts:
-            if key not in cls.defaults:
-                raise where.error(f"tasks.{tname}", key,
-                                  f"unknown option of task {tname!r}; known: {sorted(cls.defaults) or 'none'}")
-        out[tname] = {"options": opts, "recipe": recipe}
-    return out
-
-
-def _load_methods(where: _Where, value: Any, registry: Registry, suite_tasks: set[str]) -> list[MethodEntry]:
-    if isinstance(value, list):
-        value = {m: {} for m in value}
-    if not isinstance(value, dict) or not value:
-        raise where.error(None, "methods", f"expected a list of method names or a table of methods, got {value!r}")
-    entries = []
-    for alias, spec in value.items():
-        table = f"methods.{alias}"
-        spec = dict(_table(where, table, None, spec))
-        mname = spec.pop("method", alias)
-        try:
-            cls = registry.method(mname).cls
-        except UnknownName as e:
-            raise where.error(table if spec or mname != alias else None,
-                              "method" if mname != alias else (None if spec else "methods"), str(e)) from None
-        budgets = _numbers(where, table, "budgets", spec.pop("budgets"), 0, 1, lo_open=True) if "budgets" in spec else []
-        knobs = _numbers(where, table, "knobs", spec.pop("knobs"), 0, None) if "knobs" in spec else []
-        if (budgets or knobs) and cls.knob is None:
-            raise where.error(table, "budgets" if budgets else "knobs", f"method {mname!r} has no size knob")
-        if knobs and cls.knob.integer and any(float(k) != int(k) for k in knobs):
-            raise where.error(table, "knobs", f"knob {cls.knob.name!r} takes integers, got {knobs!r}")
-        kinds = spec.pop("kinds", [])
-        if not isinstance(kinds, list) or any(k not in cls.supported_kinds() for k in kinds):
-            raise where.error(table, "kinds", f"expected a list drawn from {list(cls.supported_kinds())}, got {kinds!r}")
-        recipe = _recipe(where, f"{table}.recipe", spec.pop("recipe", {}))
-        lr_grid = _numbers(where, table, "lr_grid", spec.pop("lr_grid"), 0, None, lo_open=True) if "lr_grid" in spec else []
-        timeout = _seconds(where, table, spec.pop("timeout_s")) if "timeout_s" in spec else None
-        only = spec.pop("tasks", [])
-        if not isinstance(only, list) or any(t not in suite_tasks for t in only):
-            raise where.error(table, "tasks", f"expected a list drawn from the suite's tasks {sorted(suite_tasks)}, "
-                              f"got {only!r}")
-        for key in spec:
-            if key not in cls.defaults:
-                raise where.error(table, key, f"unknown hyper-parameter of method {mname!r}; known: "
-                                  f"{sorted(cls.defaults) or 'none'} (and {sorted(METHOD_KEYS)})")
-        entries.append(MethodEntry(mname, alias if alias != mname else "", spec, budgets, knobs, kinds, recipe, lr_grid, timeout,
-                                   only))
-    return entries
-
-
-def expand(suite: Suite, registry: Registry, device: str = "cpu") -> list[Cell]:
-    """Suite -> cells: task x method x kind x (budget | knob) x seed.
-
-    Methods with several kinds (dense) run under the kinds the suite's other methods use,
-    as their reference, unless the suite names kinds for them.
-    """
-    used_kinds = {registry.method(m.name).cls.kind for m in suite.methods
-                  if len(registry.method(m.name).cls.supported_kinds()) == 1}
-    cells: list[Cell] = []
-    for tname, tspec in suite.tasks.items():
-        task_p = registry.task(tname)
-        for entry in suite.methods:
-            if entry.tasks and tname not in entry.tasks:
-                continue
-            prov = registry.method(entry.name)
-            cls = prov.cls
-            kinds = entry.kinds or ([k for k in cls.supported_kinds() if k in used_kinds] or [cls.kind])
-            if cls.knob is None:
-                sizes: list[tuple[float | None, float | None]] = [(None, None)]
-            elif entry.knobs:
-                sizes = [(None, float(k)) for k in entry.knobs]
-            else:
-                sizes = [(b, None) for b in (entry.budgets or suite.budgets)]
-            for kind in kinds:
-                for budget, knob in sizes:
-                    for seed in suite.seeds:
-                        cells.append(Cell(
-                            suite=suite.name, suite_version=suite.version, task=tname,
-                            task_options=tspec["options"], method=entry.name, hparams=entry.hparams,
-                            kind=kind, budget=budget, knob=knob, seed=seed, device=device,
-                            recipe={**suite.recipe, **tspec["recipe"], **entry.recipe},
-                            lr_grid=entry.lr_grid or suite.lr_grid, measure=suite.measure,
-                            protocol=suite.protocol, timeout_s=entry.timeout_s or suite.timeout_s,
-                            alias=entry.alias, versions={"method": prov.code_version, "task": task_p.code_version,
-                                      **{f"metric:{m}": registry.metric(m).code_version for m in suite.measure}},
-                        ))
-    return cells
+def _config_error(where: _Where, table: str, e: api.ConfigError) -> SuiteError:
+    """An analysis's ConfigError with its key ("checks[2].relation", "[1].text") placed on a line."""
+    key = e.key or ""
+    m = re.match(r"^\[?(\d+)\]?\.?(.*)$", key)
+    nth, rest = (int(m.group(1)), m.group(2)) if m else (0, key)
+    sub = re.match(r"^([A-Za-z_]+)\[(\d+)\]\.?(.*)$", rest)
+    if sub:  # a nested array of tables: [[claims.checks]]
+        start = where._header(table, nth)
+        inner = [i for i, ln in enumerate(where.lines) if start is not None and i > start
+                 and re.match(r"^\s*\[\[\s*" + re.escape(f"{table}.{sub.group(1)}") + r"\s*\]\]", ln)]
+        idx = int(sub.group(2))
+        line = inner[idx] + 1 if idx < len(inner) else None
+        field_name = sub.group(3) or None
+        if line and field_name:
+            for i in range(line, len(where.lines)):
+                if where.lines[i].lstrip().startswith("["):
+                    break
+                if re.match(r"^\s*" + re.escape(field_name) + r"\s*=", where.lines[i]):
+                    line = i + 1
+                    break
+        loc = f"{where.path}" + (f":{line}" if line else "")
+        return SuiteError(f"{loc}: [{table}] #{nth + 1} {sub.group(1)} #{idx + 1}"
+                          f"{f' field {field_name!r}' if field_name else ''}: {e}")
+    err = where.error(table, rest or None, str(e), nth=nth)
+    if m and key:
+        return SuiteError(str(err).replace(f"[{table}]", f"[{table}] #{nth + 1}", 1))
+    return err

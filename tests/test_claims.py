@@ -3,7 +3,8 @@ import polars as pl
 import pytest
 
 from conftest import write_suite
-from lowdim_bench import claims, report
+from lowdim_bench import report
+from lowdim_bench_builtin.analyses import claims
 from lowdim_bench.registry import Registry
 from lowdim_bench.suite import SuiteError, load_suite
 
@@ -72,11 +73,29 @@ tolerance = 0.5
 def test_suite_claims_parse_and_errors(tmp_path, fake_plugins):
     reg = Registry.load()
     suite = load_suite(write_suite(tmp_path / "s.toml", SUITE), reg)
-    assert suite.claims[0].checks[0].relation == "not_worse"
-    with pytest.raises(SuiteError, match=r"'lora@0.1' names no method entry of the suite"):
+    assert suite.analyses["claims"][0]["checks"][0]["relation"] == "not_worse"
+    with pytest.raises(SuiteError, match=r"s.toml:14: \[claims\] #1 checks #1 field 'a': 'lora@0.1' names no method "
+                                         r"entry of the suite"):
         load_suite(write_suite(tmp_path / "s.toml", SUITE.replace('a = "fake-head"', 'a = "lora@0.1"')), reg)
-    with pytest.raises(SuiteError, match=r"relation 'bigger' not in"):
+    with pytest.raises(SuiteError, match=r"s.toml:16: \[claims\] #1 checks #1 field 'relation': Input should be "
+                                         r"'better', 'not_worse' or 'fewer'"):
         load_suite(write_suite(tmp_path / "s.toml", SUITE.replace('"not_worse"', '"bigger"')), reg)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("tolerance = 0.5", 'tolerance = "x"'), r"s.toml:17: \[claims\] #1 checks #1 field 'tolerance': Input should be a "
+                                            r"valid number"),
+    (("[[claims.checks]]\na = \"fake-head\"\nb = \"dense\"\nrelation = \"not_worse\"\ntolerance = 0.5\n", "checks = []\n"),
+     r"\[claims\] #1 field 'checks': List should have at least 1 item"),
+    (('task = "tiny"\nkind', 'task = "other"\nkind'), r"s.toml:11: \[claims\] #1 field 'task': task 'other' is not in"),
+])
+def test_bad_claims_are_refused_before_any_cell_runs(tmp_path, fake_plugins, change, message):
+    """A claim with a wrong field type or no checks used to pass validation and fail after every cell."""
+    reg = Registry.load()
+    text = SUITE.replace(*change)
+    assert text != SUITE
+    with pytest.raises(SuiteError, match=message):
+        load_suite(write_suite(tmp_path / "s.toml", text), reg)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def cell(method, seed=0, *, quality=0.9, flops=1000.0, mem=1e6, lat=None, budget
          hib=True, status="ok", error=None, run="r"):
     """Records of one cell; lat: {phase: (p50 seconds, p90/p50 spread)} at batch size 1."""
     base = {"run_id": run, "task": "t", "kind": kind, "method": method, "budget": budget, "seed": seed,
-            "status": status, "cell_key": f"{method}{seed}{budget}", "error": error}
+            "status": status, "cell_key": f"{method}{seed}{budget}", "error": error, "reference": method == "dense"}
     if status != "ok":
         return [{**base, "metric": "error", "value": math.nan}]
     out = [{**base, "metric": "quality", "value": quality, "higher_is_better": hib},
@@ -150,7 +150,7 @@ def test_a_machine_slower_as_a_whole_passes():
 def test_interleaved_latency_one_seed_fails_beyond_its_noise_band():
     res = gate.evaluate(baseline(), baseline(lat={CELL: (2e-4, 1.05), INTER: (2e-4, 1.05)}))
     c = by(res, "m", "latency_p50[inference_interleaved]@bs1")
-    assert c.status == gate.FAIL and "(x dense) 1 -> 2 (+100.00%" in c.reason and "noise band x1.5 " in c.reason
+    assert c.status == gate.FAIL and "(x reference) 1 -> 2 (+100.00%" in c.reason and "noise band x1.5 " in c.reason
     per_cell = by(res, "m", "latency_p50[inference]@bs1")
     assert per_cell.status == gate.WARN and "not gated: 1 seed" in per_cell.reason
     # below the floor: +40% with steady calls is still noise for one seed

@@ -13,7 +13,7 @@ from lowdim_bench.api import ApplyContext
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.registry import Registry
 from lowdim_bench.run import interleave
-from lowdim_bench.run.cells import Cell
+from lowdim_bench.core.cells import Cell
 from lowdim_bench.run.interleave import PHASE, Reached, deployed_model, groups, reached_from_records, time_group
 
 CPU = torch.device("cpu")
@@ -25,7 +25,7 @@ def cell(method: str, kind: str, knob: float | None = None, task: str = "digits-
          measure: tuple = ("latency",), protocol: dict | None = None, **hparams) -> Cell:
     return Cell(suite="t", suite_version="1", task=task, task_options=SMALL_DIGITS if task == "digits-mlp" else {},
                 method=method, hparams=hparams, kind=kind, budget=None, knob=knob, seed=seed, device="cpu",
-                measure=list(measure), protocol=protocol or dict(PROTOCOL))
+                measure=list(measure), protocol=protocol or dict(PROTOCOL), reference=method == "dense")
 
 
 def test_groups_take_ok_latency_cells_with_interleave_on_and_two_or_more() -> None:
@@ -119,9 +119,10 @@ knobs = [4, 8]
 
 @pytest.mark.slow
 def test_post_phase_end_to_end_and_a_rerun_replaces_instead_of_adding(tmp_path, fake_plugins) -> None:
+    from lowdim_bench.core.store import RunStore
+    from lowdim_bench.plan import expand
     from lowdim_bench.run.runner import run_cells
-    from lowdim_bench.run.store import RunStore
-    from lowdim_bench.suite import expand, load_suite
+    from lowdim_bench.suite import load_suite
 
     reg = Registry.load()
     suite = load_suite(write_suite(tmp_path / "s.toml", SUITE), reg)
@@ -166,4 +167,4 @@ def test_protocol_switches_take_booleans_only(tmp_path) -> None:
     assert ok.protocol["interleave"] is False and ok.protocol["roofline"] is True and ok.protocol["compile"] is False
     with pytest.raises(SuiteError, match=r"ok\.toml|bad\.toml") as e:
         load_suite(write_suite(tmp_path / "bad.toml", body.format("1")), reg)
-    assert "[protocol] field 'interleave': expected true or false, got 1" in str(e.value)
+    assert "[protocol] field 'interleave': Input should be a valid boolean, got 1" in str(e.value)

@@ -5,8 +5,9 @@ import polars as pl
 import pytest
 
 from conftest import write_suite
-from lowdim_bench import intrinsic_dim, report
-from lowdim_bench.intrinsic_dim import Options, analyse
+from lowdim_bench import api, report
+from lowdim_bench_builtin.analyses import intrinsic_dim
+from lowdim_bench_builtin.analyses.intrinsic_dim import Options, analyse
 from lowdim_bench.registry import Registry
 from lowdim_bench.suite import SuiteError, load_suite
 
@@ -21,7 +22,7 @@ def frame(records: list[dict]) -> pl.DataFrame:
     return report.to_frame(records)
 
 
-OPTS = Options(methods=["id"])
+OPTS = Options(methods=["id"], baseline="dense")
 
 
 def test_smallest_d_whose_seed_mean_reaches_90pct_of_dense() -> None:
@@ -63,30 +64,31 @@ def test_failed_cells_and_other_tasks_kinds_metrics_are_left_out() -> None:
     other, r = analyse(df, OPTS)  # sorted by task
     assert r.d_int == 20 and r.tried == [(20, pytest.approx(0.85), 1)]
     assert (other.task, other.status) == ("other", "no baseline")
-    _, t = analyse(df, Options(methods=["id"], metric="quality"))
+    _, t = analyse(df, Options(methods=["id"], baseline="dense", metric="quality"))
     assert t.d_int == 10
 
 
 def test_no_baseline_and_one_row_per_task_kind_method() -> None:
     df = frame([rec("id", 10, 0, 0.5, kind="adapt"), rec("said", 10, 0, 0.5, kind="adapt"),
                 rec("dense", None, 0, 0.5, kind="adapt", task="u"), rec("id", 10, 0, 0.5, kind="adapt", task="u")])
-    out = analyse(df, Options(methods=["id", "said"], threshold=0.5))
+    out = analyse(df, Options(methods=["id", "said"], baseline="dense", threshold=0.5))
     assert [(r.task, r.method, r.status) for r in out] == [
         ("t", "id", "no baseline"), ("t", "said", "no baseline"), ("u", "id", "reached")]
 
 
-def test_write_csv_and_summary_section_and_print(tmp_path, capsys) -> None:
-    (tmp_path / "summary.md").write_text("# run\n")
+def test_analysis_table_markdown_and_rendering(tmp_path) -> None:
     df = frame([rec("dense", None, 0, 0.9), rec("id", 10, 0, 0.2), rec("id", 30, 0, 0.85),
                 rec("dense", None, 0, 0.9, task="w"), rec("id", 10, 0, 0.2, task="w")])
-    intrinsic_dim.write(tmp_path, df, {"methods": ["id"], "baseline": "dense", "threshold": 0.9,
-                                       "metric": "quality_val"})
-    table = pl.read_csv(tmp_path / "d_int90.csv")
+    options = {"methods": ["id"], "baseline": "dense", "threshold": 0.9, "metric": "quality_val"}
+    analysis = intrinsic_dim.IntrinsicDimension()
+    result = analysis.run(api.AnalysisContext(tmp_path, df, report.summary(df), options,
+                                              api.SuiteView(("t", "w"), {"dense": "dense", "id": "intrinsic"}, "dense"),
+                                              artefacts=None))
+    table = result.table
     assert table["d_int"].to_list() == [30, None] and table["status"].to_list() == ["reached", "not reached"]
-    md = (tmp_path / "summary.md").read_text()
+    md = result.markdown
     assert "## Intrinsic dimension" in md and "| t | train | id | 30 |" in md and "not reached" in md
-    intrinsic_dim.print_table(tmp_path)
-    out = capsys.readouterr().out
+    out = analysis.render(table)
     assert "d_int90" in out and "10:0.2(1) 30:0.85(1)" in out and "not reached" in out
 
 
@@ -109,10 +111,10 @@ threshold = 0.5
 def test_suite_field_defaults_and_errors(tmp_path, fake_plugins) -> None:
     reg = Registry.load()
     suite = load_suite(write_suite(tmp_path / "s.toml", SUITE), reg)
-    assert suite.intrinsic_dimension == {"methods": ["id-ff"], "baseline": "dense", "threshold": 0.5,
+    assert suite.analyses["d_int90"] == {"methods": ["id-ff"], "baseline": "dense", "threshold": 0.5,
                                          "metric": "quality_val"}
-    assert load_suite(write_suite(tmp_path / "s.toml", SUITE.replace("[intrinsic_dimension]\n", "#")), reg
-                      ).intrinsic_dimension is None
+    assert "d_int90" not in load_suite(write_suite(tmp_path / "s.toml", SUITE.replace("[intrinsic_dimension]\n", "#")),
+                                       reg).analyses
     bad = {
         "threshold = 1.5": r"\[intrinsic_dimension\] field 'threshold': expected a number in \(0, 1\], got 1.5",
         'methods = ["lora"]': r"'lora' is not a method entry of the suite; entries: \['dense', 'id-ff'\]",

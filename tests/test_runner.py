@@ -14,9 +14,10 @@ import pytest
 from conftest import write_suite
 from lowdim_bench import report
 from lowdim_bench.registry import Registry
-from lowdim_bench.run import events as ev
+from lowdim_bench.core import events as ev
 from lowdim_bench.run.runner import run_cells
-from lowdim_bench.suite import expand, load_suite
+from lowdim_bench.plan import expand
+from lowdim_bench.suite import load_suite
 
 pytestmark = pytest.mark.slow
 

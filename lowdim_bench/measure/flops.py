@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..api import Inputs
+
 aten = torch.ops.aten
 
 
@@ -270,16 +272,15 @@ def _count(model: nn.Module, run: Callable[[], None], backward: bool) -> FlopCou
     )
 
 
-def forward_flops(model: nn.Module, inputs: tuple | torch.Tensor) -> FlopCount:
-    """FLOPs of one forward call `model(*inputs)` under no_grad, for the whole batch.
-
-    The model's train/eval mode is left as the caller set it.
+def forward_flops(model: nn.Module, inputs: tuple | torch.Tensor | Inputs) -> FlopCount:
+    """FLOPs of one forward call (`model(*args, **kwargs)` of the inputs) under no_grad, for the
+    whole batch. The model's train/eval mode is left as the caller set it.
     """
-    args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inp = Inputs.of(inputs)
 
     def run() -> None:
         with torch.no_grad():
-            model(*args)
+            inp.call(model)
 
     return _count(model, run, backward=False)
 

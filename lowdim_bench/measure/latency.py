@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..api import Inputs
+
 MIN_SAMPLES = 5  # max_seconds never stops the timing before this many calls
 Clock = Callable[[], float]
 
@@ -181,7 +183,7 @@ class CompiledTiming:
     stats: LatencyStats  # per-call times after it, warm-up skipped as for eager
 
 
-def time_compiled_inference(model: nn.Module, inputs: tuple, warmup: int, repeats: int,
+def time_compiled_inference(model: nn.Module, inputs: tuple | Inputs, warmup: int, repeats: int,
                             device: torch.device | str, max_seconds: float | None = None,
                             backend: str = "inductor", clock: Clock = time.perf_counter) -> CompiledTiming:
     """Compile model (in eval mode), time its first call on its own, then time it like `time_inference`.
@@ -192,14 +194,15 @@ def time_compiled_inference(model: nn.Module, inputs: tuple, warmup: int, repeat
     import torch._dynamo
 
     dev = torch.device(device)
+    inp = Inputs.of(inputs)
     torch._dynamo.reset()
     with eval_mode(model), torch.no_grad():
         compiled = torch.compile(model, backend=backend)
         t0 = clock()
-        compiled(*inputs)
+        inp.call(compiled)
         _sync(dev)
         first = clock() - t0
-        stats = time_calls(lambda: compiled(*inputs), warmup, repeats, dev, max_seconds, clock)
+        stats = time_calls(lambda: inp.call(compiled), warmup, repeats, dev, max_seconds, clock)
     return CompiledTiming(first, stats)
 
 
@@ -219,11 +222,12 @@ def eval_mode(model: nn.Module):
     return module_modes(model, False)
 
 
-def time_inference(model: nn.Module, inputs: tuple, warmup: int, repeats: int, device: torch.device | str,
+def time_inference(model: nn.Module, inputs: tuple | Inputs, warmup: int, repeats: int, device: torch.device | str,
                    max_seconds: float | None = None, clock: Clock = time.perf_counter) -> LatencyStats:
-    """Latency of model(*inputs) in eval mode under torch.no_grad; modes are restored after."""
+    """Latency of one forward call in eval mode under torch.no_grad; modes are restored after."""
+    inp = Inputs.of(inputs)
     with eval_mode(model), torch.no_grad():
-        return time_calls(lambda: model(*inputs), warmup, repeats, device, max_seconds, clock)
+        return time_calls(lambda: inp.call(model), warmup, repeats, device, max_seconds, clock)
 
 
 def time_train_step(model: nn.Module, step_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from lowdim_bench.measure.latency import eval_mode
+from ..api import Inputs
+from .latency import eval_mode
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "other")
 
@@ -349,17 +350,19 @@ def measure_train_step(model: nn.Module, step_fn: Callable[[], torch.Tensor], op
         tracker.close()
 
 
-def measure_inference(model: nn.Module, inputs: tuple, device: torch.device | str | None = None) -> MemoryBreakdown:
+def measure_inference(model: nn.Module, inputs: tuple | Inputs,
+                      device: torch.device | str | None = None) -> MemoryBreakdown:
     """Peak memory of one forward call in eval mode under torch.no_grad (no gradients, no optimizer)."""
     dev = _model_device(model, device)
     session = _Session(model, dev)
-    for leaf in tree_leaves(inputs):
+    inputs = Inputs.of(inputs)
+    for leaf in tree_leaves((inputs.args, inputs.kwargs)):
         if isinstance(leaf, torch.Tensor):
             session.tracker.add(leaf, "other")
     session.tracker.set_phase("forward", "activations")
     try:
         with eval_mode(model), torch.no_grad(), session:
-            model(*inputs)
+            inputs.call(model)
         return session.finish()
     finally:
         session.tracker.close()

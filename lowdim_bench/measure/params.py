@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -143,17 +143,26 @@ def _unique_tensors(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def persistent_buffers(model: nn.Module) -> Iterator[torch.Tensor]:
-    for m in model.modules():
+def named_persistent_buffers(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for prefix, m in model.named_modules():
         for name, b in m._buffers.items():
-            if name not in m._non_persistent_buffers_set:
-                yield b
+            if b is not None and name not in m._non_persistent_buffers_set:
+                yield (f"{prefix}.{name}" if prefix else name), b
 
 
-def count_params(model: nn.Module) -> ParamCount:
-    """Count a model's parameters, stored elements and stored bytes (see ParamCount)."""
-    params = _unique_tensors(model.parameters())
-    buffers = _unique_tensors(persistent_buffers(model))
+def persistent_buffers(model: nn.Module) -> Iterator[torch.Tensor]:
+    for _, b in named_persistent_buffers(model):
+        yield b
+
+
+def count_params(model: nn.Module, include: Callable[[str], bool] | None = None) -> ParamCount:
+    """Count a model's parameters, stored elements and stored bytes (see ParamCount).
+
+    `include` keeps only the tensors whose name in the model it accepts (a task's budget scope,
+    e.g. all but the embeddings); a tied tensor goes by the first name it is registered under."""
+    keep = include or (lambda name: True)
+    params = _unique_tensors(p for n, p in model.named_parameters() if keep(n))
+    buffers = _unique_tensors(b for n, b in named_persistent_buffers(model) if keep(n))
     total = sum(stored_elements(p) for p in params)
     trainable = sum(stored_elements(p) for p in params if p.requires_grad)
     tally = _StorageTally()

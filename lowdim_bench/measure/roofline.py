@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..api import Inputs
+from ..core.environment import cache_dir, device_name
 from .params import count_params
 
 CPU_MATMUL_SIZES = (256, 512, 1024)
@@ -119,8 +121,6 @@ def _llc_bytes() -> int:
 def measure(device: str | torch.device = "cpu", matmul_sizes: Iterable[int] | None = None,
             buffer_bytes: int | None = None, calls: int = 10, budget_s: float = 0.5) -> Calibration:
     """Measure the attainable matmul FLOP/s and memory bandwidth now, at the current thread count."""
-    from ..run.environment import device_name
-
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -166,9 +166,6 @@ def cache_key(device_name: str, device_type: str, torch_version: str, threads: i
 
 
 def cache_path(device: str | torch.device, threads: int | None = None) -> Path:
-    from ..run.cache import cache_dir
-    from ..run.environment import device_name
-
     dev = torch.device(device)
     key = cache_key(device_name(str(dev)), dev.type, torch.__version__, threads or torch.get_num_threads())
     return cache_dir() / "roofline" / f"{key}.json"
@@ -223,6 +220,8 @@ def tensor_bytes(obj: Any) -> int:
         return sum(tensor_bytes(o) for o in obj)
     if isinstance(obj, dict):
         return sum(tensor_bytes(o) for o in obj.values())
+    if isinstance(obj, Inputs):
+        return tensor_bytes(obj.args) + tensor_bytes(obj.kwargs)
     return 0
 
 

@@ -7,6 +7,7 @@ the largest knob value that stays within the budget, so no method is compared ab
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,13 +30,16 @@ class Sized:
     over_budget: bool = False
 
 
-def counted(model: nn.Module, kind: str) -> int:
-    c = count_params(model)
+Include = Callable[[str], bool] | None
+
+
+def counted(model: nn.Module, kind: str, include: Include = None) -> int:
+    c = count_params(model, include)
     return c.trainable if kind == "adapt" else c.stored
 
 
 def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int, ctx: ApplyContext,
-           steps: int = 24) -> Sized:
+           steps: int = 24, include: Include = None) -> Sized:
     lo, hi = method.knob_range(base)
     integer = method.knob.integer
     seen: dict[float, Sized] = {}
@@ -43,7 +47,7 @@ def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int
     def at(k: float) -> Sized:
         if k not in seen:
             m = method.apply(base, k, fresh(ctx))
-            seen[k] = Sized(m, k, counted(m, kind) / dense)
+            seen[k] = Sized(m, k, counted(m, kind, include) / dense)
         return seen[k]
 
     first = at(lo)
@@ -66,14 +70,20 @@ def search(method: Method, base: nn.Module, kind: str, budget: float, dense: int
 
 
 def apply_sized(method: Method, base: nn.Module, kind: str, budget: float | None, knob: float | None,
-                dense: int, ctx: ApplyContext) -> Sized:
+                dense: int, ctx: ApplyContext, include: Include = None) -> Sized:
+    """The method applied at the knob, or at the knob the budget search picks.
+
+    Merge cells are the exception: merging does not change parameter counts, so a merge budget
+    is the method's knob itself (the fraction of task-vector mass it keeps) and is reached exactly."""
+    if kind == "merge" and budget is not None and knob is None and method.knob is not None:
+        knob = budget
     if method.knob is None or (budget is None and knob is None):
         m = method.apply(base, None, fresh(ctx))
-        return Sized(m, None, counted(m, kind) / dense)
+        return Sized(m, None, counted(m, kind, include) / dense if kind != "merge" else 1.0)
     if knob is not None:
         k = int(knob) if method.knob.integer else knob
         m = method.apply(base, k, fresh(ctx))
-        return Sized(m, k, counted(m, kind) / dense)
-    return search(method, base, kind, budget, dense, ctx)
+        return Sized(m, k, (counted(m, kind, include) / dense) if kind != "merge" else float(k))
+    return search(method, base, kind, budget, dense, ctx, include=include)
 
 

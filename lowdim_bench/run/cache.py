@@ -5,6 +5,7 @@ makes parallel workers that need the same base train it once.
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -16,11 +17,7 @@ import torch
 from torch import nn
 
 from ..api import Task
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("LOWDIM_BENCH_CACHE") or Path.home() / ".cache" / "lowdim-bench"
-    return Path(root)
+from ..core.environment import cache_dir
 
 
 def base_key(task: Task, stage: str, seed: int, task_version: str) -> str:
@@ -30,8 +27,10 @@ def base_key(task: Task, stage: str, seed: int, task_version: str) -> str:
 
 
 def cached_model(task: Task, stage: str, seed: int, task_version: str,
-                 build: Callable[[], nn.Module]) -> tuple[nn.Module, bool]:
-    """Return (model, was_cached). `build` trains the model when the cache has none."""
+                 build: Callable[[], nn.Module], like: nn.Module | None = None) -> tuple[nn.Module, bool]:
+    """Return (model, was_cached). `build` trains the model when the cache has none. A cached
+    state is loaded into `task.make_model(seed)`, or into a copy of `like` when given (family
+    members keep their base's structure, which may not come from make_model)."""
     folder = cache_dir() / "base" / task.name
     folder.mkdir(parents=True, exist_ok=True)
     key = base_key(task, stage, seed, task_version)
@@ -40,7 +39,7 @@ def cached_model(task: Task, stage: str, seed: int, task_version: str,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             try:
-                model = task.make_model(seed)
+                model = copy.deepcopy(like).cpu() if like is not None else task.make_model(seed)
                 model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
                 return model, True
             except Exception:

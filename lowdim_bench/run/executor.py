@@ -1,8 +1,14 @@
-"""Local executor: each cell in its own spawned worker process, with a time limit.
+"""Executors: where cells run. The protocol, and the local one (a spawned process per cell).
 
-A worker that raises reports the error itself; one that dies (a segfault, the kernel's OOM
-killer) or overruns its limit is failed here from its exit code or the clock. Either way the
-other cells go on. On CPU `jobs` workers run side by side; on CUDA one worker per device.
+An Executor takes cells (`submit`), streams typed events as its workers report them
+(`events`: CellStarted, Progress, RecordsReady, then CellDone, CellFailed or CellCancelled per
+cell), and stops what runs (`cancel`). The runner is the only consumer: it stores records and
+re-emits the events, so an executor never touches the run folder (artefacts aside, which the
+worker writes into its own cell's folder).
+
+Local: a worker that raises reports the error itself; one that dies (a segfault, the kernel's
+OOM killer) or overruns its limit is failed here from its exit code or the clock. Either way
+the other cells go on. On CPU `jobs` workers run side by side; on CUDA one worker per device.
 """
 from __future__ import annotations
 
@@ -12,31 +18,37 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Iterator, Protocol
 
 import torch
 
-from .cells import Cell
-from .environment import usable_cores
+from ..core import events as ev
+from ..core.cells import Cell
+from ..core.environment import resolve_device, usable_cores
 from .worker import process_main
 
-OnMessage = Callable[[str, tuple], None]
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a worker needs to know of the run: its id and folder (artefacts go under it)."""
+
+    run_id: str
+    run_dir: Path
 
 
-@dataclass
-class _Running:
-    cell: Cell
-    proc: mp.process.BaseProcess
-    slot: str
-    deadline: float
-    terminal: bool = False
+class Executor(Protocol):
+    slots: list[str]
+    threads: int
 
+    def submit(self, cells: list[Cell], run: RunInfo) -> None: ...
 
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when torch sees a GPU, else cpu; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    def events(self, poll_s: float = 0.1) -> Iterator[ev.Event | None]:
+        """Events until every submitted cell ended; None when nothing happened for `poll_s` (so the
+        caller can check for cancellation)."""
+        ...
+
+    def cancel(self) -> None: ...
 
 
 def device_slots(device: str, jobs: int) -> list[str]:
@@ -62,74 +74,105 @@ def exit_reason(code: int | None) -> str:
     return f"worker process exited with code {code} before reporting a result"
 
 
+def worker_threads(slots: list[str], threads: int) -> int:
+    """Threads per worker: the suite's fixed count, or (0) the usable cores shared among the workers."""
+    if threads:
+        return threads
+    return max(1, usable_cores() // len(slots)) if slots[0] == "cpu" else usable_cores()
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    proc: mp.process.BaseProcess
+    slot: str
+    deadline: float
+    terminal: bool = False
+
+
 class LocalExecutor:
     def __init__(self, device: str = "cpu", jobs: int = 1, threads: int = 0) -> None:
         self.slots = device_slots(device, jobs)
-        per_worker = max(1, usable_cores() // len(self.slots)) if self.slots[0] == "cpu" else usable_cores()
-        self.threads = threads or per_worker
+        self.threads = worker_threads(self.slots, threads)
+        self._ctx = mp.get_context("spawn")
+        self._queue = self._ctx.Queue()
+        self._pending: deque[Cell] = deque()
+        self._free = list(self.slots)
+        self._running: dict[str, _Running] = {}
+        self._run: RunInfo | None = None
+        self._stopped = False
 
-    def run(self, cells: list[Cell], run_id: str, on_message: OnMessage,
-            should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Run cells; return False when stopped early. Messages: (key, (kind, ...))."""
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        pending = deque(cells)
-        free = list(self.slots)
-        running: dict[str, _Running] = {}
+    def submit(self, cells: list[Cell], run: RunInfo) -> None:
+        self._run = run
+        self._pending.extend(cells)
 
-        def drain(timeout: float) -> None:
+    def cancel(self) -> None:
+        self._stopped = True
+        self._pending.clear()
+        for r in self._running.values():
+            r.proc.kill()
+
+    def events(self, poll_s: float = 0.1) -> Iterator[ev.Event | None]:
+        try:
+            while self._pending or self._running:
+                yield from self._start_free()
+                got = list(self._drain(poll_s))
+                yield from got
+                yield from self._reap()
+                if not got:
+                    yield None
+        finally:
+            self._queue.close()
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _start_free(self) -> Iterator[ev.Event]:
+        while self._pending and self._free and not self._stopped:
+            cell, slot = self._pending.popleft(), self._free.pop()
+            proc = self._ctx.Process(target=process_main, daemon=True,
+                                     args=(cell.__dict__, self._run.run_id, str(self._run.run_dir), self._queue,
+                                           self.threads, slot))
+            proc.start()
+            self._running[cell.key] = _Running(cell, proc, slot, time.monotonic() + cell.timeout_s)
+            yield ev.CellStarted(cell.key, cell.label, slot)
+
+    def _drain(self, timeout: float) -> Iterator[ev.Event]:
+        try:
+            msg = self._queue.get(timeout=timeout)
+        except queue_mod.Empty:
+            return
+        while True:
+            running = self._running.get(getattr(msg, "key", None))
+            if running is not None and not running.terminal:
+                if isinstance(msg, (ev.CellDone, ev.CellFailed)):
+                    running.terminal = True
+                if not isinstance(msg, ev.CellStarted):  # the executor announced the start itself
+                    yield msg
             try:
-                msg = q.get(timeout=timeout)
+                msg = self._queue.get_nowait()
             except queue_mod.Empty:
                 return
-            while True:
-                key, body = msg[0], msg[1:]
-                if key in running:
-                    if body[0] in ("done", "error"):
-                        running[key].terminal = True
-                    on_message(key, body)
-                try:
-                    msg = q.get_nowait()
-                except queue_mod.Empty:
-                    return
 
-        stopped = False
-        while pending or running:
-            if should_stop():
-                stopped = True
-                pending.clear()
-                for r in running.values():
-                    r.proc.kill()
-            while pending and free and not stopped:
-                cell, slot = pending.popleft(), free.pop()
-                proc = ctx.Process(target=process_main, daemon=True,
-                                   args=(cell.__dict__, cell.key, run_id, q, self.threads, slot))
-                proc.start()
-                running[cell.key] = _Running(cell, proc, slot, time.monotonic() + cell.timeout_s)
-                on_message(cell.key, ("started", slot))
-            drain(0.1)
-            for key, r in list(running.items()):
-                reason = None
-                if not r.proc.is_alive():
-                    if not r.terminal:
-                        deadline = time.monotonic() + 2.0  # let the feeder thread's last messages in
-                        while not r.terminal and time.monotonic() < deadline:
-                            drain(0.1)
-                    if not r.terminal and not stopped:
-                        reason = exit_reason(r.proc.exitcode)
-                elif time.monotonic() > r.deadline:
-                    r.proc.kill()
-                    r.proc.join(5)
-                    drain(0.1)
-                    reason = f"time limit of {r.cell.timeout_s:g} s exceeded"
-                else:
-                    continue
+    def _reap(self) -> Iterator[ev.Event]:
+        for key, r in list(self._running.items()):
+            reason = None
+            if not r.proc.is_alive():
+                if not r.terminal:
+                    deadline = time.monotonic() + 2.0  # let the feeder thread's last messages in
+                    while not r.terminal and time.monotonic() < deadline:
+                        yield from self._drain(0.1)
+                if not r.terminal and not self._stopped:
+                    reason = exit_reason(r.proc.exitcode)
+            elif time.monotonic() > r.deadline:
+                r.proc.kill()
                 r.proc.join(5)
-                if reason and not r.terminal:
-                    on_message(key, ("error", reason, ""))
-                elif stopped and not r.terminal:
-                    on_message(key, ("cancelled",))
-                del running[key]
-                free.append(r.slot)
-        q.close()
-        return not stopped
+                yield from self._drain(0.1)
+                reason = f"time limit of {r.cell.timeout_s:g} s exceeded"
+            else:
+                continue
+            r.proc.join(5)
+            if reason and not r.terminal:
+                yield ev.CellFailed(key, r.cell.label, reason)
+            elif self._stopped and not r.terminal:
+                yield ev.CellCancelled(key)
+            del self._running[key]
+            self._free.append(r.slot)

@@ -7,15 +7,16 @@ ratios between them hold even when the absolute figures move.
 
 How: after all cells of a run finish, one fresh spawned process per task rebuilds each ok
 cell's deployed model - the method re-applied to the cell's start model (the cached base, or the
-task's seeded fresh model for `train` cells) at the knob the cell reached, then
-`Method.for_inference` - and times them with `time_interleaved`. The weights are not the trained
+task's seeded fresh model for `train` cells) at the knob the cell reached, with the same
+calibration inputs, then `Method.for_inference` - and times them with `time_interleaved`. The weights are not the trained
 ones: latency does not depend on weight values, only on structure (shapes, ranks, a sparse
 support), and every method's structure is fixed by (seed, knob) (sparse supports are drawn from
 a seeded generator). Quality is never measured here.
 
 Records: per cell and inference batch size, `latency_p50/p90/p99`, `latency_spread`,
 `latency_n` with phase `inference_interleaved`, and `latency_ratio` (p50 over the p50 of the
-group's dense cell of the same seed, else of any dense cell; absent when the group has none).
+group's reference cell (the suite's `reference` entry) of the same seed and kind, else of the
+same seed, else any; absent when the group has none).
 They are stored as one pseudo-cell `interleave:<task>` of the run (its own attempt), so a
 resumed run that re-times a task replaces the old figures instead of adding to them; the cell
 count of a run leaves it out. A failure is stored as one failed record, method `(interleave)`.
@@ -35,10 +36,12 @@ from typing import Any, Callable
 import torch
 
 from .. import api
+from ..core import records
+from ..core.cells import Cell, is_cell_key
+from ..core.environment import collect
 from ..measure import latency
 from ..registry import Registry
-from . import budget as budget_mod
-from .cells import Cell
+from . import models
 
 PHASE = "inference_interleaved"
 KEY_PREFIX = "interleave:"
@@ -46,10 +49,6 @@ KEY_PREFIX = "interleave:"
 
 def group_key(task: str) -> str:
     return f"{KEY_PREFIX}{task}"
-
-
-def is_interleave_key(key: str) -> bool:
-    return key.startswith(KEY_PREFIX)
 
 
 @dataclass
@@ -65,15 +64,15 @@ def groups(cells: list[Cell], ok: dict[str, Reached]) -> dict[str, list[Cell]]:
     out: dict[str, list[Cell]] = {}
     for c in cells:
         if c.key in ok and "latency" in c.measure and c.protocol.get("interleave", True):
-            out.setdefault(c.task, []).append(c)
+            out.setdefault(c.shown_task, []).append(c)
     return {t: cs for t, cs in out.items() if len(cs) >= 2}
 
 
-def reached_from_records(records: list[dict[str, Any]]) -> dict[str, Reached]:
+def reached_from_records(recs: list[dict[str, Any]]) -> dict[str, Reached]:
     """Cell key -> the knob and budget fraction its ok records carry."""
     out: dict[str, Reached] = {}
-    for r in records:
-        if r.get("status") == "ok" and r.get("cell_key") and not is_interleave_key(r["cell_key"]):
+    for r in recs:
+        if r.get("status") == "ok" and r.get("cell_key") and is_cell_key(r["cell_key"]):
             out.setdefault(r["cell_key"], Reached(r.get("knob"), r.get("budget_reached")))
     return out
 
@@ -83,30 +82,21 @@ def reached_from_records(records: list[dict[str, Any]]) -> dict[str, Reached]:
 def deployed_model(cell: Cell, reached: Reached, registry: Registry, device: torch.device,
                    run_id: str = "") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The cell's deployed model rebuilt at the knob it reached, and the record fields naming it."""
-    from .worker import CellRun, base_stage, seed_everything
-
-    run = CellRun(cell, run_id, lambda msg: None, registry, str(device))
-    task = registry.task(cell.task).cls(**cell.task_options)
-    method = registry.method(cell.method).cls(**cell.hparams)
-    if cell.kind == "train":
-        seed_everything(cell.seed)
-        start = task.make_model(cell.seed).to(device)
-    else:
-        start = run.base_model(task, base_stage(cell.kind))
-    gen = torch.Generator().manual_seed(cell.seed)
-    ctx = api.ApplyContext(seed=cell.seed, device=device, task=task, generator=gen)
-    knob = reached.knob if method.knob is not None else None
-    sized = budget_mod.apply_sized(method, start, cell.kind, None, knob, 1, ctx)
-    model = method.for_inference(copy.deepcopy(sized.model.to(device))).eval()
-    base = {**run.base, "knob": sized.knob, "budget_reached": reached.budget_reached}
-    return model, base
+    task, method, model = models.rebuild(cell, reached.knob, registry, device, run_id)
+    prov = registry.method(cell.method)
+    env = collect(str(device))
+    env["threads"] = torch.get_num_threads()
+    base = records.origin(cell, run_id, env, prov.plugin.dist or prov.plugin.name, prov.plugin.version, str(device))
+    base.update(knob=reached.knob, budget_reached=reached.budget_reached, budget_scope=task.budget_scope)
+    return method.for_inference(copy.deepcopy(model)).eval(), base
 
 
 def reference_key(cells: list[Cell], cell: Cell) -> str | None:
-    """The dense cell a cell's latency ratio is taken against: same seed and kind first."""
-    dense = [c for c in cells if c.method == "dense"]
+    """The reference cell (the suite's `reference` entry) a cell's latency ratio is taken against:
+    same seed and kind first."""
+    refs = [c for c in cells if c.reference]
     for match in (lambda c: c.seed == cell.seed and c.kind == cell.kind, lambda c: c.seed == cell.seed, lambda c: True):
-        hits = [c for c in dense if match(c)]
+        hits = [c for c in refs if match(c)]
         if hits:
             return hits[0].key
     return None
@@ -117,16 +107,17 @@ def time_group(cells: list[Cell], reached: dict[str, Reached], registry: Registr
     """Rebuild every cell's deployed model, time them interleaved per batch size, return records."""
     protocol = cells[0].protocol
     task = registry.task(cells[0].task).cls(**cells[0].task_options)
-    models, bases = {}, {}
+    built, bases = {}, {}
     for c in cells:
-        models[c.key], bases[c.key] = deployed_model(c, reached[c.key], registry, device, run_id)
+        built[c.key], bases[c.key] = deployed_model(c, reached[c.key], registry, device, run_id)
     cap = float(protocol.get("max_seconds", 0)) or None
     config = json.dumps({"interleave": {"cells": [c.key for c in cells], "labels": [c.label for c in cells]}},
                         sort_keys=True)
-    records: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for bs in protocol["batch_sizes"]:
-        inputs = task.example_inputs(int(bs), device)
-        fns = {k: _call(m, inputs) for k, m in models.items()}
+        inputs = api.Inputs.of(task.example_inputs(int(bs), device))
+        seq = task.sequence_length(inputs)
+        fns = {k: _call(m, inputs) for k, m in built.items()}
         with torch.no_grad():
             stats = latency.time_interleaved(fns, int(protocol["warmup"]), int(protocol["repeats"]), device,
                                              max_seconds=cap * len(cells) if cap else None)
@@ -137,14 +128,14 @@ def time_group(cells: list[Cell], reached: dict[str, Reached], registry: Registr
             ref = reference_key(cells, c)
             if ref is not None:
                 values.append(("latency_ratio", s.p50 / stats[ref].p50, "ratio"))
-            records += [{**bases[c.key], "metric": m, "value": float(v), "unit": u, "phase": PHASE,
-                         "batch_size": int(bs), "higher_is_better": False, "threads": s.threads, "config": config}
-                        for m, v, u in values]
-    return records
+            out += [records.ok({**bases[c.key], "threads": s.threads},
+                               api.Measurement(m, float(v), u, PHASE, int(bs), False if m != "latency_n" else None, seq),
+                               config) for m, v, u in values]
+    return out
 
 
-def _call(model: torch.nn.Module, inputs: tuple) -> Callable[[], object]:
-    return lambda: model(*inputs)
+def _call(model: torch.nn.Module, inputs: api.Inputs) -> Callable[[], object]:
+    return lambda: inputs.call(model)
 
 
 def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str, queue: Any, threads: int,
@@ -193,8 +184,7 @@ def run_group(cells: list[Cell], reached: dict[str, Reached], run_id: str, threa
 
 
 def failure_record(task: str, run_id: str, reason: str) -> dict[str, Any]:
-    return {"run_id": run_id, "task": task, "method": "(interleave)", "cell_key": group_key(task), "metric": "error",
-            "value": float("nan"), "unit": "", "status": "failed", "phase": PHASE, "error": reason, "config": None}
+    return records.failed(records.pseudo(run_id, group_key(task), task=task, method="(interleave)", phase=PHASE), reason)
 
 
 def post_phase(store: Any, cells: list[Cell], ran: set[str], run_id: str, threads: int, device: str,
@@ -216,7 +206,7 @@ def post_phase(store: Any, cells: list[Cell], ran: set[str], run_id: str, thread
         progress(key, i, len(todo))
         timeout = max(c.timeout_s for c in group)
         status, result = run_group(group, {c.key: reached[c.key] for c in group}, run_id, threads, device, timeout)
-        records = result if status == "ok" else [failure_record(task, run_id, result)]
-        store.append_cell(key, secrets.token_hex(6), status, records)
+        recs = result if status == "ok" else [failure_record(task, run_id, result)]
+        store.append_cell(key, secrets.token_hex(6), status, recs)
         progress(key, i + 1, len(todo))
     return len(todo)

@@ -18,7 +18,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KINDS_ORDER = ["train", "adapt", "compress", "head", "merge"]
-SIZE_FAMILIES_LOWER_BETTER = ("params_", "stored_bytes", "flops_", "latency_", "memory_", "index_bytes")
 
 
 # ---- catalog ------------------------------------------------------------------------------------
@@ -168,7 +167,7 @@ def load_suite_plan(path: Path, registry: Any) -> Any:
 
 def suite_selection(suite: Any, registry: Any) -> Selection:
     """The suite's own selection: every method entry (by its shown name) and every task."""
-    from ..suite import expand
+    from ..plan import expand
 
     cells = expand(suite, registry, device="cpu")
     methods = list(dict.fromkeys(c.shown_name for c in cells))
@@ -176,22 +175,15 @@ def suite_selection(suite: Any, registry: Any) -> Selection:
 
 
 def plan_cells(suite: Any, registry: Any, sel: Selection) -> tuple[list[Any], dict[str, Any]]:
-    """Cells for a selection, the way `lowdim-bench run` builds them from its flags."""
-    from ..run.executor import resolve_device
-    from ..suite import expand
+    """Cells and suite meta for a selection: the core's plan API, exactly as `lowdim-bench run`
+    builds them from its flags (the same validation, the same analyses)."""
+    from ..plan import make_plan
+    from ..suite import Overrides
 
-    budgets, seeds = parse_budgets(sel.budgets), parse_seeds(sel.seeds)
-    suite = replace(suite)
-    if budgets:
-        suite.budgets = budgets
-        suite.methods = [replace(m, budgets=[]) for m in suite.methods]
-    if seeds:
-        suite.seeds = seeds
-    cells = expand(suite, registry, device=resolve_device(sel.device))
-    cells = [c for c in cells if c.shown_name in sel.methods and c.task in sel.tasks]
-    if not cells:
-        raise ValueError("the selection has no cells: pick at least one method and one task")
-    return cells, {"name": suite.name, "version": suite.version, "path": str(suite.path)}
+    overrides = Overrides(budgets=parse_budgets(sel.budgets), seeds=parse_seeds(sel.seeds), methods=sel.methods,
+                          tasks=sel.tasks, device=sel.device)
+    plan = make_plan(suite.path, registry, overrides)
+    return plan.cells, plan.meta
 
 
 def selections_file() -> Path:
@@ -244,15 +236,6 @@ def size_of(budget: Any, knob: Any) -> str:
     if knob is not None and not (isinstance(knob, float) and math.isnan(knob)):
         return f"knob {knob:g}"
     return "full"
-
-
-def direction(col: str, row: dict[str, Any]) -> int:
-    """+1 higher is better, -1 lower is better, 0 not ranked."""
-    if col == "quality":
-        return -1 if row.get("higher_is_better") is False else 1
-    if col.startswith(SIZE_FAMILIES_LOWER_BETTER):
-        return -1
-    return 0
 
 
 def table_data(records: list[dict[str, Any]]) -> TableData:
@@ -315,11 +298,10 @@ def filter_rows(rows: list[Row], text: str) -> list[Row]:
 
 
 def failure_record(cell: Any, run_id: str, reason: str, tb: str) -> dict[str, Any]:
-    """What the table needs of a failed cell; the store holds the runner's full failure record."""
-    return {"run_id": run_id, "suite": cell.suite, "task": cell.task, "method": cell.shown_name, "kind": cell.kind,
-            "cell_key": cell.key, "budget": cell.budget, "knob": cell.knob, "seed": cell.seed, "device": cell.device,
-            "metric": "error", "value": float("nan"), "unit": "", "status": "failed",
-            "error": reason + (f"\n{tb}" if tb else "")}
+    """A failed cell's record for the live table (the store holds the runner's own, built alike)."""
+    from ..core import records
+
+    return records.failed(records.origin(cell, run_id, {}), reason, tb)
 
 
 # ---- charts -------------------------------------------------------------------------------------
@@ -396,5 +378,6 @@ def latency_by_batch(rows: list[Row]) -> list[Series]:
 
 
 # Past runs live in runs.py; re-exported so the app and tests use one namespace.
-from .runs import (CompareRow, RunInfo, compare_rows, export_view, fmt, list_runs, load_records,  # noqa: E402
+from .runs import (SIZE_FAMILIES_LOWER_BETTER, direction,  # noqa: E402,F401
+                   CompareRow, RunInfo, compare_rows, export_view, fmt, list_runs, load_records,  # noqa: E402
                    run_info)

@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
-def direction(col: str, row: dict[str, Any]) -> int:
-    from .model import direction as d
+SIZE_FAMILIES_LOWER_BETTER = ("params_", "stored_bytes", "flops_", "latency_", "memory_", "index_bytes")
 
-    return d(col, row)
+
+def direction(col: str, row: dict[str, Any]) -> int:
+    """+1 higher is better, -1 lower is better, 0 not ranked."""
+    if col == "quality":
+        return -1 if row.get("higher_is_better") is False else 1
+    if col.startswith(SIZE_FAMILIES_LOWER_BETTER):
+        return -1
+    return 0
 
 
 # ---- reports ------------------------------------------------------------------------------------

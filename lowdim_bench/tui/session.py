@@ -106,7 +106,7 @@ class RunSession:
 
     # ---- events (runner thread) ---------------------------------------------------------------
     def on_event(self, e: Any) -> None:
-        from ..run import events as ev
+        from ..core import events as ev
 
         s = self.state
         if isinstance(e, ev.RunStarted):

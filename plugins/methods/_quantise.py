@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
-from lowdim_bench.layers import check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
+from lowdim_bench.layers import RECOVER, SKIP_ABOVE_BREAK_EVEN, TARGET_MODULES, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 _CHUNK_ELEMENTS = 1 << 18  # distance-matrix elements per assignment chunk: 2 MiB in float64, cache-sized (10x faster than 32 MiB chunks here)
 
@@ -202,8 +202,9 @@ class VqMethod(Method):
     knob = Knob("k", 1, None)
     targets = ("Linear",)
     identity_at_init = False
-    defaults: dict[str, Any] = {"m": 8, "kmeans_iters": 20, "target_modules": "all",
-                                "skip_above_break_even": True, "recover": False}
+    params = {"m": Param(8, int, low=1, help="subvector length (weights per code)"),
+              "kmeans_iters": Param(20, int, low=0, help="Lloyd iterations after k-means++ seeding"),
+              "target_modules": TARGET_MODULES, "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER}
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)

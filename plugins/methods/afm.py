@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-from lowdim_bench.api import ApplyContext, Inputs, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Inputs, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, body_linears, check_suffixes, copy_swapping
+from lowdim_bench.layers import RECOVER, SKIP_ABOVE_BREAK_EVEN, SKIP_MODULES, as_rank, body_linears, check_suffixes, copy_swapping
 from lowdim_bench_builtin.methods.svd import FactoredLinear
 
 
@@ -153,7 +153,9 @@ class AfmMethod(Method):
     name = "afm"
     kind = "compress"
     knob = Knob("k", 1, None)
-    defaults = {"skip_modules": "auto", "calibration_batches": 8, "skip_above_break_even": True, "recover": False}
+    params = {"skip_modules": SKIP_MODULES,
+              "calibration_batches": Param(8, int, low=1, help="calibration batches (of 64 training inputs) read"),
+              "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER}
     targets = ("Linear",)
     identity_at_init = False
     description = "AFM: each Linear's outputs projected on their top-k principal directions from calibration data (mu + U U^T (y - mu)), as two Linears."

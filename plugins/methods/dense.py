@@ -16,8 +16,9 @@ from lowdim_bench.hookspecs import hookimpl
 class DenseMethod(Method):
     name = "dense"
     kind = "train"
-    kinds = ("train", "adapt", "compress")
+    kinds = ("train", "adapt", "compress", "merge")  # under merge: the base itself, no task vector added
     knob = None
+    reference = True  # suites compare the other entries against it unless they name a `reference`
     defaults: dict = {}
     targets = ("Module",)  # the whole model, every parameter
     identity_at_init = True

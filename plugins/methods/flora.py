@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
-                                                  replace_module, split_by_suffixes, unmerge_all)
+from lowdim_bench.layers import (DROPOUT, MERGED_INFERENCE, TARGET_MODULES, MergeableDelta, as_rank, check_suffixes,
+                                 find_layers, merge_all, replace_module, split_by_suffixes, unmerge_all)
 
 
 def mode_product(t: torch.Tensor, factor: torch.Tensor, mode: int) -> torch.Tensor:
@@ -138,7 +138,9 @@ class FloraMethod(Method):
     name = "flora"
     kind = "adapt"
     knob = Knob("rank", 1, None)
-    defaults = {"kernel_rank": 2, "scale": 4.0, "dropout": 0.0, "target_modules": "all", "merged_inference": False}
+    params = {"kernel_rank": Param(2, int, low=1, help="Tucker rank of each kernel mode (kh, kw) of a Conv2d"),
+              "scale": Param(4.0, float, low=1e-12, help="s in dW = s G x1 U1 ... (official ConvNeXt example: 4)"),
+              "dropout": DROPOUT, "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     identity_at_init = True
     description = ("FLoRA: frozen base + s * Tucker(G; U_1..U_N) over the weight's own modes (Conv2d N=4 incl. "

@@ -48,8 +48,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench.layers import MERGED_INFERENCE
 from lowdim_bench_builtin.methods._projections import PROJECTIONS, Projection, largest_dim, make_projection
 
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -138,7 +139,10 @@ class IntrinsicMethod(Method):
     kind = "train"
     kinds = ("train", "adapt")
     knob = Knob("dim", 1, None)
-    defaults = {"projection": "fastfood", "max_projection_bytes": DEFAULT_MAX_BYTES, "merged_inference": False}
+    params = {"projection": Param("fastfood", choices=("dense", "sparse", "fastfood"),
+                                  help="the random projection P (dense Gaussian, sparse, or Fastfood, never materialised)"),
+              "max_projection_bytes": Param(DEFAULT_MAX_BYTES, int, low=1, help="refuse a projection larger than this"),
+              "merged_inference": MERGED_INFERENCE}
     targets = ("Module",)  # every parameter tensor
     identity_at_init = True
     description = ("Intrinsic dimension (Li et al. 2018): theta = theta0 + P z, only z (d) trained; "

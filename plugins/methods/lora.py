@@ -32,8 +32,8 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import (MergeableDelta, as_rank, check_suffixes, find_layers, merge_all,
-                                                  replace_module, split_by_suffixes, unmerge_all)
+from lowdim_bench.layers import (ALPHA, DROPOUT, MERGED_INFERENCE, TARGET_MODULES, MergeableDelta, as_rank, check_suffixes,
+                                 find_layers, merge_all, replace_module, split_by_suffixes, unmerge_all)
 
 
 def _kaiming_(weight: torch.Tensor, generator: torch.Generator) -> None:
@@ -121,7 +121,7 @@ class LoraMethod(Method):
     name = "lora"
     kind = "adapt"
     knob = Knob("rank", 1, None)
-    defaults = {"alpha": 8.0, "dropout": 0.0, "target_modules": "all", "merged_inference": False}
+    params = {"alpha": ALPHA, "dropout": DROPOUT, "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     identity_at_init = True
     description = "LoRA: frozen base + (alpha/r) B A on every Linear/Conv2d (PEFT conv form); A Kaiming, B zero."

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from lowdim_bench.api import PluginError
+from lowdim_bench.api import Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench_builtin.methods._quantise import VqMethod, kmeans
 
@@ -58,7 +58,7 @@ def low_rank_representation(sub: torch.Tensor, d_tilde: int) -> tuple[torch.Tens
 
 class Lr2vqMethod(VqMethod):
     name = "lr2vq"
-    defaults = {**VqMethod.defaults, "d_tilde": 4}
+    params = {**VqMethod.params, "d_tilde": Param(4, int, low=1, help="dimension of each subvector's code z (< m)")}
     description = "LR2VQ: subvectors w = P z (z in R^d~), k-means on z, per-layer codebook and projection; codes fixed."
 
     def __init__(self, **hparams: Any) -> None:

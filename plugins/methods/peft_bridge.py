@@ -46,9 +46,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, check_suffixes, find_layers, split_by_suffixes
+from lowdim_bench.layers import (ALPHA, DROPOUT, MERGED_INFERENCE, TARGET_MODULES, as_rank, check_suffixes, find_layers,
+                                 split_by_suffixes)
 from lowdim_bench_builtin.methods.lora import full_rank
 
 MIN_PEFT = (0, 10)
@@ -134,7 +135,7 @@ class PeftMethod(Method):
 
 class PeftLora(PeftMethod):
     name = "peft-lora"
-    defaults = {"alpha": 8.0, "dropout": 0.0, "target_modules": "all", "merged_inference": False}
+    params = {"alpha": ALPHA, "dropout": DROPOUT, "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     description = "PEFT's LoRA (peft.LoraConfig): frozen base + (alpha/r) B A on every Linear/Conv2d; needs lowdim-bench[peft]."
 
@@ -148,7 +149,7 @@ class PeftLora(PeftMethod):
 
 class PeftLoha(PeftMethod):
     name = "peft-loha"
-    defaults = {"alpha": 8.0, "target_modules": "all", "merged_inference": False}
+    params = {"alpha": ALPHA, "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     description = "PEFT's LoHa (peft.LoHaConfig): Hadamard product of two rank-r updates, (alpha/r); needs lowdim-bench[peft]."
 
@@ -160,7 +161,7 @@ class PeftLoha(PeftMethod):
 
 class PeftLokr(PeftMethod):
     name = "peft-lokr"
-    defaults = {"alpha": 8.0, "target_modules": "all", "merged_inference": False}
+    params = {"alpha": ALPHA, "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     description = "PEFT's LoKr (peft.LoKrConfig): Kronecker product update with a rank-r factor; needs lowdim-bench[peft]."
 
@@ -188,7 +189,8 @@ class PeftLokr(PeftMethod):
 
 class PeftVera(PeftMethod):
     name = "peft-vera"
-    defaults = {"d_initial": 0.1, "target_modules": "all", "merged_inference": False}
+    params = {"d_initial": Param(0.1, float, low=0.0, help="initial value of VeRA's scaling vector d"),
+              "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear",)
     layer_types = (nn.Linear,)
     min_version = (0, 11)

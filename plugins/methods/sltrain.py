@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, body_linears, check_suffixes, copy_swapping
+from lowdim_bench.layers import SKIP_MODULES, as_rank, body_linears, check_suffixes, copy_swapping
 
 IMPLS = ("factored", "rebuild")
 
@@ -157,7 +157,11 @@ class SLTrainMethod(Method):
     name = "sltrain"
     kind = "train"
     knob = Knob("rank", 1, None)
-    defaults = {"delta": 0.03, "alpha": 32.0, "impl": "factored", "skip_modules": "auto"}
+    params = {"delta": Param(0.03, float, low=0.0, high=0.999, help="density of the fixed random sparse part S"),
+              "alpha": Param(32.0, float, low=1e-12, help="B A is scaled by alpha / rank (official default 32)"),
+              "impl": Param("factored", choices=("factored", "rebuild"), help='"factored": x A^T B^T + sparse product; '
+                            '"rebuild": the official kernel, dense W rebuilt each call'),
+              "skip_modules": SKIP_MODULES}
     targets = ("Linear",)
     identity_at_init = False
     description = "SLTrain: W = B A alpha/r + S, S on a fixed random support (delta of entries); head and embeddings dense."

@@ -31,7 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import RECOVER, SKIP_ABOVE_BREAK_EVEN, TARGET_MODULES, as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 # weight tensor -> (its _version when decomposed, U, S, Vh) in float64
 _SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -114,7 +114,7 @@ class SvdMethod(Method):
     name = "svd"
     kind = "compress"
     knob = Knob("rank", 1, None)
-    defaults = {"target_modules": "all", "skip_above_break_even": True, "recover": False}
+    params = {"target_modules": TARGET_MODULES, "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER}
     targets = ("Linear",)
     identity_at_init = False
     description = "LoRD one-shot truncated SVD: each Linear -> (U_r S_r^1/2)(S_r^1/2 V_r^T); layers at/above break-even rank stay dense."

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import MERGED_INFERENCE, TARGET_MODULES, as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
 
 WHICH = ("top", "bottom")
 
@@ -185,7 +185,9 @@ class SvfitMethod(Method):
     name = "svfit"
     kind = "adapt"
     knob = Knob("rank", 1, None)
-    defaults = {"which": "top", "target_modules": "all", "merged_inference": False}
+    params = {"which": Param("top", choices=("top", "bottom"), help='train the top-r singular values, or the '
+                             'bottom-r ("bottom": the paper\'s ablation)'),
+              "target_modules": TARGET_MODULES, "merged_inference": MERGED_INFERENCE}
     targets = ("Linear", "Conv2d")
     identity_at_init = True
     description = "SVFit: train only the top-r singular values of each Linear/Conv2d weight (U_r, V_r, rest frozen)."

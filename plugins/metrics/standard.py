@@ -9,7 +9,7 @@ import copy
 
 import torch
 
-from lowdim_bench.api import Measurement, MeasureContext, Metric
+from lowdim_bench.api import Inputs, Measurement, MeasureContext, Metric
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.measure import flops, latency, memory, params, roofline
 
@@ -25,9 +25,16 @@ class ParamsMetric(Metric):
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         c = params.count_params(ctx.model)
-        return [Measurement("params_total", c.total, "params"), Measurement("params_trainable", c.trainable, "params"),
-                Measurement("params_stored", c.stored, "params"), Measurement("stored_bytes", c.stored_bytes, "B"),
-                Measurement("index_bytes", c.index_bytes, "B")]
+        out = [Measurement("params_total", c.total, "params"), Measurement("params_trainable", c.trainable, "params"),
+               Measurement("params_stored", c.stored, "params"), Measurement("stored_bytes", c.stored_bytes, "B"),
+               Measurement("index_bytes", c.index_bytes, "B")]
+        scoped = params.count_params(ctx.model, ctx.task.in_budget)
+        if scoped.total != c.total or scoped.stored != c.stored:  # the task's budget scope leaves some out
+            out += [Measurement("params_trainable_in_scope", scoped.trainable, "params"),
+                    Measurement("params_stored_in_scope", scoped.stored, "params")]
+        for m in out:
+            m.higher_is_better = False
+        return out
 
 
 class FlopsMetric(Metric):
@@ -36,16 +43,20 @@ class FlopsMetric(Metric):
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         bs = int(ctx.protocol.get("train_batch_size", 64))
-        fwd = flops.forward_flops(ctx.inference_model.eval(), ctx.task.example_inputs(bs, ctx.device))
+        inputs = ctx.example_inputs(bs)
+        seq = ctx.task.sequence_length(inputs)
+        fwd = flops.forward_flops(ctx.inference_model.eval(), inputs)
         train_model = copy.deepcopy(ctx.model).train()
         step = flops.train_step_flops(train_model, _train_step(ctx, train_model, bs))
-        out = [Measurement("flops_forward", fwd.executed / bs, "FLOPs/sample"),
-               Measurement("flops_forward_ideal", fwd.ideal / bs, "FLOPs/sample"),
-               Measurement("flops_train_step", step.executed / bs, "FLOPs/sample"),
-               Measurement("flops_train_step_ideal", step.ideal / bs, "FLOPs/sample")]
+
+        def per_sample(metric: str, value: float) -> Measurement:  # the input shape goes into the record
+            return Measurement(metric, value / bs, "FLOPs/sample", batch_size=bs, higher_is_better=False, seq_len=seq)
+
+        out = [per_sample("flops_forward", fwd.executed), per_sample("flops_forward_ideal", fwd.ideal),
+               per_sample("flops_train_step", step.executed), per_sample("flops_train_step_ideal", step.ideal)]
         # executed FLOPs per top-level child module: "flops_forward.body", "flops_train_step.head"
-        out += [Measurement(f"flops_forward.{name}", v / bs, "FLOPs/sample") for name, v in fwd.by_module.items()]
-        out += [Measurement(f"flops_train_step.{name}", v / bs, "FLOPs/sample") for name, v in step.by_module.items()]
+        out += [per_sample(f"flops_forward.{name}", v) for name, v in fwd.by_module.items()]
+        out += [per_sample(f"flops_train_step.{name}", v) for name, v in step.by_module.items()]
         return out
 
 
@@ -65,21 +76,23 @@ class LatencyMetric(Metric):
             except (RuntimeError, ValueError, OSError):
                 cal = None
         out.append(Measurement("threads", torch.get_num_threads(), "threads"))
+        seq: int | None = None
         if cal is not None:
             out += [Measurement("roofline_peak_flops", cal.matmul_flops, "FLOP/s"),
                     Measurement("roofline_peak_bandwidth", cal.bandwidth, "B/s")]
 
         def emit(stats: latency.LatencyStats, phase: str, bs: int, work: tuple[float, float] | None = None) -> None:
             for name in ("p50", "p90", "p99"):
-                out.append(Measurement(f"latency_{name}", getattr(stats, name), "s", phase, bs))
-            out.append(Measurement("latency_spread", stats.spread, "p90/p50", phase, bs))
-            out.append(Measurement("latency_n", stats.n, "calls", phase, bs))
+                out.append(Measurement(f"latency_{name}", getattr(stats, name), "s", phase, bs, False, seq))
+            out.append(Measurement("latency_spread", stats.spread, "p90/p50", phase, bs, False, seq))
+            out.append(Measurement("latency_n", stats.n, "calls", phase, bs, None, seq))
             if cal is not None and work is not None:
                 out.extend(roofline_measurements(roofline.bound(work[0], work[1], cal, stats.p50), phase, bs))
 
         model = ctx.inference_model.eval()
         for bs in p["batch_sizes"]:
-            inputs = ctx.task.example_inputs(int(bs), ctx.device)
+            inputs = ctx.example_inputs(int(bs))
+            seq = ctx.task.sequence_length(inputs)
             stats = latency.time_inference(model, inputs, warmup, repeats, ctx.device, cap)
             emit(stats, "inference", int(bs), inference_work(model, inputs) if cal else None)
             if p.get("compile", False):
@@ -87,6 +100,7 @@ class LatencyMetric(Metric):
                 out.append(Measurement("compile_seconds", timed.compile_seconds, "s", "inference_compiled", int(bs)))
                 emit(timed.stats, "inference_compiled", int(bs), inference_work(model, inputs) if cal else None)
         bs = int(p["train_batch_size"])
+        seq = ctx.task.sequence_length(ctx.example_inputs(bs))
         train_model = copy.deepcopy(ctx.model).train()
         opt = ctx.make_optimizer(train_model)
         step_fn = _train_step(ctx, train_model, bs)
@@ -101,10 +115,10 @@ class LatencyMetric(Metric):
         return out
 
 
-def inference_work(model: torch.nn.Module, inputs: tuple) -> tuple[float, float]:
+def inference_work(model: torch.nn.Module, inputs: Inputs) -> tuple[float, float]:
     """(ideal FLOPs, bytes moved) of one inference call, for its roofline bound."""
     with latency.eval_mode(model), torch.no_grad():
-        outputs = model(*inputs)
+        outputs = inputs.call(model)
         count = flops.forward_flops(model, inputs)
     return float(count.ideal), float(roofline.inference_bytes(model, inputs, outputs))
 
@@ -126,10 +140,10 @@ class MemoryMetric(Metric):
 
         def emit(b: memory.MemoryBreakdown, phase: str) -> None:
             for name in ("parameters", "gradients", "optimizer", "activations", "other", "peak", "activations_max"):
-                out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs))
+                out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs, False))
             for name in ("process_peak", "cuda_allocated_peak", "cuda_reserved_peak"):
                 if getattr(b, name) is not None:
-                    out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs))
+                    out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs, False))
 
         train_model = copy.deepcopy(ctx.model).train()
         opt = ctx.make_optimizer(train_model)
@@ -144,8 +158,8 @@ class MemoryMetric(Metric):
         except ValueError:  # a method's own optimizer with unknown state: no analytic figure
             analytic = {}
         for name, value in analytic.items():
-            out.append(Measurement(f"memory_analytic_{name}", value, "B", "train_step", bs))
-        emit(memory.measure_inference(ctx.inference_model.eval(), ctx.task.example_inputs(bs, ctx.device), device=ctx.device),
+            out.append(Measurement(f"memory_analytic_{name}", value, "B", "train_step", bs, False))
+        emit(memory.measure_inference(ctx.inference_model.eval(), ctx.example_inputs(bs), device=ctx.device),
              "inference")
         return out
 

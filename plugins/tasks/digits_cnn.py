@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowdim_bench.api import PluginError, Task
+from lowdim_bench.api import Param, PluginError, Task
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.tasks.digits_mlp import SHIFTS, SPLIT_SEED, DigitsSplit, DigitsTask, _load_digits
+from lowdim_bench_builtin.tasks.digits_mlp import (SHIFTS, SPLIT_SEED, DigitsSplit, DigitsTask, _load_digits,
+                                                 recipe_params)
 
 
 class DigitsCNN(nn.Module):
@@ -59,18 +60,12 @@ class DigitsCNN(nn.Module):
 
 class DigitsCnnTask(DigitsTask):
     name = "digits-cnn"
-    defaults = {
-        "width": 32,
-        "groups": 2,
-        "depthwise": True,
-        "shift": "transpose",
-        "steps": 300,
-        "batch_size": 64,
-        "lr": 1e-2,
-        "finetune_steps": 200,
-        "finetune_lr": 1e-2,
-        "recover_steps": 100,
-        "recover_lr": 1e-3,
+    params = {
+        "width": Param(32, int, low=1, high=4096, help="channels of the first conv (the grouped conv doubles them)"),
+        "groups": Param(2, int, low=1, help="groups of the second conv (must divide width)"),
+        "depthwise": Param(True, bool, help="add the depthwise conv layer"),
+        "shift": Param("transpose", choices=SHIFTS, help="the target stage's change from the source digits"),
+        **recipe_params(steps=300, lr=1e-2, batch_size=64, finetune_steps=200, finetune_lr=1e-2),
     }
     description = (
         "Small CNN (conv 1->w, grouped conv w->2w, max-pool, depthwise conv, global average, Linear head) on "

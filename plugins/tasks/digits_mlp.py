@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import PluginError, Quality, Recipe, Task
+from lowdim_bench.api import Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
 
 SHIFTS = ("transpose", "flip", "invert", "permute", "none")
@@ -122,6 +122,20 @@ def index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterato
         buffer = buffer[batch_size:]
 
 
+def recipe_params(steps: int, lr: float, batch_size: int, finetune_steps: int, finetune_lr: float,
+                  recover_steps: int = 100, recover_lr: float = 1e-3) -> dict[str, Param]:
+    """The training-recipe options every built-in task has, typed and explained once."""
+    return {
+        "steps": Param(steps, int, low=0, help="pretraining steps (train cells and base models)"),
+        "batch_size": Param(batch_size, int, low=1, help="training batch size"),
+        "lr": Param(lr, float, low=1e-12, help="pretraining learning rate (AdamW, cosine with warm-up)"),
+        "finetune_steps": Param(finetune_steps, int, low=0, help="fine-tuning steps (adapt and head cells)"),
+        "finetune_lr": Param(finetune_lr, float, low=1e-12, help="fine-tuning learning rate"),
+        "recover_steps": Param(recover_steps, int, low=0, help="recovery steps after compression (recover = true)"),
+        "recover_lr": Param(recover_lr, float, low=1e-12, help="recovery learning rate"),
+    }
+
+
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -130,17 +144,11 @@ def model_device(model: nn.Module) -> torch.device:
 class DigitsTask(Task):
     name = "digits-mlp"
     quality = Quality(name="accuracy", unit="fraction", higher_is_better=True)
-    defaults = {
-        "hidden": 128,
-        "depth": 2,
-        "shift": "transpose",
-        "steps": 300,
-        "batch_size": 64,
-        "lr": 3e-3,
-        "finetune_steps": 200,
-        "finetune_lr": 1e-2,
-        "recover_steps": 100,
-        "recover_lr": 1e-3,
+    params = {
+        "hidden": Param(128, int, low=1, high=65536, help="width of each hidden layer"),
+        "depth": Param(2, int, low=1, high=64, help="hidden layers"),
+        "shift": Param("transpose", choices=SHIFTS, help="the target stage's change from the source digits"),
+        **recipe_params(steps=300, lr=3e-3, batch_size=64, finetune_steps=200, finetune_lr=1e-2),
     }
     description = (
         "MLP (64 -> hidden x depth, ReLU -> 10) on scikit-learn's 8x8 digits scaled to [0, 1]; "

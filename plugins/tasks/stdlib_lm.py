@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import PluginError, Quality, Recipe, Task
+from lowdim_bench.api import Inputs, Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
+from lowdim_bench_builtin.tasks.digits_mlp import recipe_params
 
 from ._lm_model import ByteLM, LMConfig
 from ._stdlib_corpus import PARTS, MissingCorpusPart, load_corpus, stdlib_root
@@ -79,22 +80,17 @@ def bits_per_byte(model: nn.Module, data: torch.Tensor, starts: torch.Tensor, co
 class StdlibLM(Task):
     name = "stdlib-lm"
     quality = Quality(name="bits_per_byte", unit="bits/byte", higher_is_better=False)
-    defaults = {
-        "d_model": 128,
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_ff": 384,
-        "context": 128,
-        "steps": 300,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "finetune_steps": 150,
-        "finetune_lr": 1e-3,
-        "recover_steps": 100,
-        "recover_lr": 1e-3,
-        "max_corpus_bytes": 2_000_000,
-        "eval_windows": 256,
-        "target": "library",
+    params = {
+        "d_model": Param(128, int, low=1, help="model width (a multiple of n_heads)"),
+        "n_layers": Param(2, int, low=1, help="decoder blocks"),
+        "n_heads": Param(4, int, low=1, help="attention heads"),
+        "d_ff": Param(384, int, low=1, help="SwiGLU hidden width"),
+        "context": Param(128, int, low=1, help="bytes per training window (the sequence length)"),
+        **recipe_params(steps=300, lr=3e-3, batch_size=16, finetune_steps=150, finetune_lr=1e-3),
+        "max_corpus_bytes": Param(2_000_000, int, low=1, help="read at most this many bytes of library source"),
+        "eval_windows": Param(256, int, low=1, help="windows scored on val and test"),
+        "target": Param("library", choices=PARTS, help="the part of the library the target stage is: the other "
+                        "part is the source stage (library code vs its tests)"),
     }
     description = (
         "Byte-level LLaMA-style decoder (RMSNorm, rotary, SwiGLU, causal SDPA, untied head) on this "
@@ -196,6 +192,9 @@ class StdlibLM(Task):
     def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
         g = torch.Generator().manual_seed(0)
         return (torch.randint(0, self.config.vocab, (batch_size, self.context), generator=g).to(device),)
+
+    def sequence_length(self, inputs: Inputs) -> int | None:
+        return int(inputs.args[0].shape[1])
 
     def example_batch(self, batch_size: int, device: torch.device) -> Any:
         g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lowdim_bench import report
 from lowdim_bench.registry import BUILTIN_DIST, PluginInfo, Registry
-from lowdim_bench.run.store import RunStore
+from lowdim_bench.core.store import RunStore
 
 TINY = """
 name = "tiny-ui"

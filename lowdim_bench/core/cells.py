@@ -31,10 +31,17 @@ class Cell:
     timeout_s: float = 600.0
     versions: dict[str, str] = field(default_factory=dict)
     alias: str = ""  # the suite's name for this method entry (a variant), when it differs
+    reference: bool = False  # the suite's reference entry (ratios and baselines are taken against it)
+    save: list[str] = field(default_factory=list)  # artefacts to keep after training: "model"
+    task_alias: str = ""  # the suite's name for the task when it differs (one task at two widths)
 
     @property
     def shown_name(self) -> str:
         return self.alias or self.method
+
+    @property
+    def shown_task(self) -> str:
+        return self.task_alias or self.task
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's result (timeout is how long we wait, not what we get)."""
@@ -57,8 +64,17 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.task}/{self.shown_name}[{self.kind}] {self.size_label} seed={self.seed}"
+        return f"{self.shown_task}/{self.shown_name}[{self.kind}] {self.size_label} seed={self.seed}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Cell":
-        return cls(**d)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+PSEUDO_PREFIXES = ("interleave:", "analysis:")  # keys of passes over a run, stored like cells
+
+
+def is_cell_key(key: str) -> bool:
+    """A real cell's key (not the interleave pass or an analysis stored beside the cells)."""
+    return not key.startswith(PSEUDO_PREFIXES)

@@ -2,7 +2,7 @@
 
 d_int90 of a task, kind and method entry is the smallest d (the cell's knob, the subspace
 dimension) whose mean validation quality over seeds reaches `threshold` (0.9) of the baseline
-entry's (dense, the same task and kind, mean over its seeds). When no d tried reaches it, the
+entry's (the suite's reference, dense by default; the same task and kind, mean over its seeds). When no d tried reaches it, the
 answer is "not reached": the reference code returns the largest d tried in that case, which
 reads as a measurement when it is not.
 
@@ -16,21 +16,23 @@ Choices (docs/suites.md, docs/reports.md):
 - the baseline is every successful cell of the baseline entry for that task and kind, averaged
   per seed then over seeds.
 
-The suite asks for it with a top-level `[intrinsic_dimension]` table (see `parse_options`); the
-run then writes d_int90.csv and a section of summary.md, and the CLI prints the table.
+The suite asks for it with a top-level `[intrinsic_dimension]` table (see `parse_options`), checked
+before any cell runs; the run then writes d_int90.csv and a section of summary.md, and the CLI
+prints the table. It is a built-in analysis plugin like any other.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
 
+from lowdim_bench.api import Analysis, AnalysisContext, AnalysisResult, ConfigError, SuiteView
+from lowdim_bench.hookspecs import hookimpl
+
 METRICS = ("quality_val", "quality")
 DEFAULT_METHODS = ("intrinsic", "said")
-FILE = "d_int90.csv"
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Options:
     """What to analyse: method entries (the suite's names), the baseline entry, the threshold."""
 
     methods: list[str]
-    baseline: str = "dense"
+    baseline: str
     threshold: float = 0.9
     metric: str = "quality_val"
 
@@ -56,7 +58,8 @@ class DimResult:
     tried: list[tuple[int, float, int]] = field(default_factory=list)  # (d, mean quality, seeds)
 
 
-def parse_options(value: Any, entries: list[tuple[str, str]], fail: Callable[[str | None, str], Exception]) -> Options:
+def parse_options(value: Any, entries: list[tuple[str, str]], fail: Callable[[str | None, str], Exception],
+                  default_baseline: str | None = None) -> Options:
     """Validate the suite's `[intrinsic_dimension]` table.
 
     entries: (shown name, registered method) of the suite's method entries. `methods` defaults
@@ -77,7 +80,9 @@ def parse_options(value: Any, entries: list[tuple[str, str]], fail: Callable[[st
     for m in methods:
         if m not in shown:
             raise fail("methods", f"{m!r} is not a method entry of the suite; entries: {shown}")
-    baseline = value.get("baseline", "dense")
+    baseline = value.get("baseline", default_baseline)
+    if baseline is None:
+        raise fail("baseline", "name the baseline entry: the suite has no reference entry")
     if baseline not in shown:
         raise fail("baseline", f"{baseline!r} is not a method entry of the suite; entries: {shown}")
     threshold = value.get("threshold", 0.9)
@@ -176,20 +181,30 @@ def render_table(frame: pl.DataFrame) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def write(run_dir: str | Path, df: pl.DataFrame, stored: dict[str, Any]) -> list[DimResult]:
-    """Analyse a run (options as stored in run.json); write d_int90.csv and a summary.md section."""
-    run_dir = Path(run_dir)
-    options = Options(**stored)
-    results = analyse(df, options)
-    to_frame(results, options.threshold).write_csv(run_dir / FILE)
-    with (run_dir / "summary.md").open("a") as f:
-        f.write("\n## Intrinsic dimension\n\n" + render_markdown(results, options))
-    return results
+class IntrinsicDimension(Analysis):
+    """`[intrinsic_dimension]` in a suite: d_int90 per task, kind and method entry."""
+
+    name = "d_int90"
+    table = "intrinsic_dimension"
+    description = "Li et al.'s intrinsic dimension: the smallest subspace d reaching 90% of the baseline's quality."
+
+    def validate(self, raw: Any, suite: SuiteView) -> dict[str, Any]:
+        def fail(key: str | None, msg: str) -> ConfigError:
+            return ConfigError(msg, key)
+
+        entries = list(suite.entries.items())
+        return vars(parse_options(raw, entries, fail, default_baseline=suite.reference))
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        options = Options(**ctx.options)
+        results = analyse(ctx.records, options)
+        return AnalysisResult(table=to_frame(results, options.threshold),
+                              markdown="## Intrinsic dimension\n\n" + render_markdown(results, options))
+
+    def render(self, table: pl.DataFrame) -> str:
+        return "intrinsic dimension (d_int):\n" + render_table(table)
 
 
-def print_table(run_dir: str | Path) -> None:
-    """Print a run's d_int90 table, when it has one (after the run table)."""
-    path = Path(run_dir) / FILE
-    if path.exists():
-        frame = pl.read_csv(path, schema_overrides={"d_int": pl.Int64, "tried": pl.Utf8})
-        print("\nintrinsic dimension (d_int):\n" + render_table(frame))
+@hookimpl
+def register_analyses(register) -> None:
+    register(IntrinsicDimension)

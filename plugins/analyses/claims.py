@@ -8,10 +8,13 @@ section of summary.md; docs/suites.md documents the format.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lowdim_bench.api import KINDS, Analysis, AnalysisContext, AnalysisResult, ConfigError, SuiteView
+from lowdim_bench.hookspecs import hookimpl
 
 RELATIONS = ("better", "not_worse", "fewer")
 
@@ -54,15 +57,6 @@ def from_dict(d: dict[str, Any]) -> Claim:
     """A claim as stored in run.json (dataclasses.asdict form)."""
     return Claim(name=d["name"], text=d["text"], task=d["task"], kind=d.get("kind"),
                  checks=[Check(**c) for c in d.get("checks", [])])
-
-
-def write(run_dir: Path, summary: pl.DataFrame, stored: list[dict[str, Any]]) -> list[ClaimResult]:
-    """Evaluate the run's claims; write claims.csv and a "Claims" section of summary.md."""
-    results = evaluate(summary, [from_dict(c) for c in stored])
-    to_frame(results).write_csv(run_dir / "claims.csv")
-    with (run_dir / "summary.md").open("a") as f:
-        f.write("\n## Claims\n\n" + render_markdown(results))
-    return results
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -130,3 +124,79 @@ def to_frame(results: list[ClaimResult]) -> pl.DataFrame:
     return pl.DataFrame([{"claim": r.name, "paper": r.text, "measured": r.measured, "verdict": verdict(r.held)}
                          for r in results], schema={"claim": pl.Utf8, "paper": pl.Utf8, "measured": pl.Utf8,
                                                     "verdict": pl.Utf8})
+
+
+# ---- the analysis plugin -------------------------------------------------------------------------
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _CheckModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    a: Annotated[str, Field(min_length=1, max_length=200)]
+    b: Annotated[str, Field(min_length=1, max_length=200)]
+    metric: Annotated[str, Field(min_length=1, max_length=200)] = "quality"
+    relation: Literal[RELATIONS] = "better"  # type: ignore[valid-type]
+    tolerance: Annotated[Finite, Field(ge=0)] = 0.0
+    factor: Annotated[Finite, Field(gt=0)] = 1.0
+
+
+class _ClaimModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    text: Annotated[str, Field(max_length=2000)]
+    task: str
+    kind: Literal[KINDS] | None = None  # type: ignore[valid-type]
+    checks: Annotated[list[_CheckModel], Field(min_length=1)]
+
+
+def validate_claims(raw: Any, suite: SuiteView) -> list[dict[str, Any]]:
+    """The suite's `[[claims]]` checked against the schema and the suite's tasks and entries."""
+    if not isinstance(raw, list):
+        raise ConfigError("expected an array of tables ([[claims]])")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            claim = _ClaimModel.model_validate(item)
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            loc = list(err["loc"])
+            key = f"[{i}]" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "missing":
+                msg = "required field is missing"
+            raise ConfigError(f"{msg} (got {str(err.get('input'))[:100]})" if err["type"] not in (
+                "missing", "extra_forbidden") else msg, key) from None
+        if claim.task not in suite.tasks:
+            raise ConfigError(f"task {claim.task!r} is not in the suite's tasks {list(suite.tasks)}", f"[{i}].task")
+        for j, c in enumerate(claim.checks):
+            for side in ("a", "b"):
+                method = parse_ref(getattr(c, side))[0]
+                if method not in suite.entries:
+                    raise ConfigError(f"{getattr(c, side)!r} names no method entry of the suite; "
+                                      f"entries: {sorted(suite.entries)}", f"[{i}].checks[{j}].{side}")
+        out.append(claim.model_dump())
+    return out
+
+
+class ClaimsAnalysis(Analysis):
+    name = "claims"
+    table = "claims"
+    description = "Paper claims: did each paper's qualitative claim hold in this run?"
+
+    def validate(self, raw: Any, suite: SuiteView) -> list[dict[str, Any]]:
+        return validate_claims(raw, suite)
+
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        results = evaluate(ctx.summary, [from_dict(c) for c in ctx.options])
+        return AnalysisResult(table=to_frame(results), markdown="## Claims\n\n" + render_markdown(results))
+
+    def render(self, table: pl.DataFrame) -> str:
+        lines = ["claims:"]
+        for r in table.to_dicts():
+            lines.append(f"  {r['verdict']:13} {r['claim']}: {r['paper']}\n                {r['measured']}")
+        return "\n".join(lines)
+
+
+@hookimpl
+def register_analyses(register) -> None:
+    register(ClaimsAnalysis)

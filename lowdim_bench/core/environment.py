@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def git_revision(start: Path | None = None) -> str | None:
         return None
 
 
+def cache_dir() -> Path:
+    """Where cached base models and calibrations live (outside the repository)."""
+    root = os.environ.get("LOWDIM_BENCH_CACHE") or Path.home() / ".cache" / "lowdim-bench"
+    return Path(root)
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -62,3 +69,26 @@ def collect(device: str) -> dict[str, object]:
         "git_rev": git_revision(),
         "opt_einsum": has_opt_einsum,
     }
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when torch sees a GPU, else cpu; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def check_device(device: str) -> str:
+    """The device resolved, or ValueError naming what is wrong (typo, no GPU, no such GPU)."""
+    resolved = resolve_device(device)
+    if resolved == "cpu":
+        return resolved
+    match = re.fullmatch(r"cuda(?::(\d+))?", resolved)
+    if not match:
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: torch sees no CUDA device here")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return resolved

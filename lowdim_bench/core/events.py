@@ -1,7 +1,10 @@
-"""Events a run emits, and the bus that hands them to any number of listeners.
+"""Events of a run, typed, and the bus that hands them to any number of listeners.
 
-The CLI, the Textual app and tests all listen to the same events; a listener that raises is
-reported once on stderr and dropped, so a broken consumer never stops a run.
+Two streams use these types. An executor streams what its workers report (CellStarted,
+Progress, RecordsReady, CellDone, CellFailed, CellCancelled); the runner stores each cell's
+records and re-emits the events, adding RunStarted, CellFinished and RunFinished, to its
+listeners (the CLI, the Textual app, tests). A listener that raises is reported once on stderr
+and dropped, so a broken consumer never stops a run.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class RunStarted:
 class CellStarted:
     key: str
     label: str
+    slot: str = ""
 
 
 @dataclass
@@ -42,11 +46,25 @@ class RecordsReady:
 
 
 @dataclass
+class CellDone:
+    """The worker sent every record of the cell and ended well (executor stream only)."""
+
+    key: str
+
+
+@dataclass
 class CellFailed:
     key: str
     label: str
     reason: str
     traceback: str = ""
+
+
+@dataclass
+class CellCancelled:
+    """The run was stopped while the cell ran; it left no records (executor stream only)."""
+
+    key: str
 
 
 @dataclass
@@ -66,7 +84,8 @@ class RunFinished:
     cancelled: bool = False
 
 
-Event = RunStarted | CellStarted | Progress | RecordsReady | CellFailed | CellFinished | RunFinished
+Event = (RunStarted | CellStarted | Progress | RecordsReady | CellDone | CellFailed | CellCancelled | CellFinished
+         | RunFinished)
 Listener = Callable[[Event], None]
 
 
