@@ -1,6 +1,8 @@
 """`lowdim-bench`: the headless entry point (run, list, compare, show).
 
-Exit codes: 0 every cell succeeded, 1 some cell failed, 2 usage or configuration error.
+Exit codes: 0 every cell succeeded, 1 some cell failed (or the run was cancelled), 2 usage or
+configuration error, 3 storage or environment error (a run folder that cannot be written or
+read, a full disk, a run another process is writing), 130 interrupted twice with Ctrl-C.
 `compare BASE NEW` is the regression gate (lowdim_bench/gate.py, docs/gate.md): 0 no regression,
 1 a regression beyond its tolerance, 2 usage error.
 `lowdim-bench` with no arguments opens the Textual app (lowdim_bench.tui); this module never imports
@@ -10,18 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from dataclasses import asdict, replace
+import threading
 from pathlib import Path
+
+import polars as pl
 
 from . import __version__, gate, listing, report
 from .core import events as ev
+from .core.cells import is_cell_key
+from .core.store import RunStore, StorageError, describe
 from .plan import make_plan
-from .registry import PluginLoadError, Registry
+from .registry import PluginLoadError, Registry, UnknownName
 from .run.runner import run_cells
 from .suite import Overrides, SuiteError
 
 USAGE_ERROR = 2
+STORAGE_ERROR = 3
+INTERRUPTED = 130
 
 
 class ProgressPrinter:
@@ -31,10 +40,11 @@ class ProgressPrinter:
         self.stream, self.tty = stream, stream.isatty()
         self.total = self.done = self.failed = 0
         self.current = ""
+        self.run_dir = ""
 
     def __call__(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
-            self.total, self.done = e.total, e.skipped
+            self.total, self.done, self.run_dir = e.total, e.skipped, e.run_dir
             self.line(f"run {e.run_id}: {e.total} cells ({e.skipped} already done) -> {e.run_dir}", keep=True)
         elif isinstance(e, ev.CellStarted):
             self.current = e.label
@@ -131,8 +141,6 @@ def _print_summary(s, fmt: str) -> None:
 
 def print_analyses(run_dir: Path, registry: Registry | None = None) -> None:
     """Each analysis table the run wrote (<name>.csv), rendered by its analysis when installed."""
-    import polars as pl
-
     meta = json.loads((Path(run_dir) / "run.json").read_text())
     for name in (meta.get("suite") or {}).get("analyses") or {}:
         path = Path(run_dir) / f"{name}.csv"
@@ -144,25 +152,63 @@ def print_analyses(run_dir: Path, registry: Registry | None = None) -> None:
         print("\n" + (prov.cls().render(table) if prov else f"{name}:\n{table}"))
 
 
+class CtrlC:
+    """The first Ctrl-C cancels the run like the app's F6 (cells in flight stop, finished records
+    stay, the run is marked cancelled); a second one quits at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def __call__(self, signum, frame) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        print("\nlowdim-bench: stopping - the cells in flight are cancelled, finished ones are kept "
+              "(Ctrl-C again to quit at once)", file=sys.stderr)
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    return f"resume with: lowdim-bench run --resume {run_dir}"
+
+
 def cmd_run(args, registry: Registry) -> int:
+    ctrl_c = CtrlC()
+    printer = ProgressPrinter()
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        return _run(args, registry, printer, ctrl_c)
+    except KeyboardInterrupt:
+        print(f"\nlowdim-bench: interrupted" + (f"; {resume_hint(printer.run_dir)}" if printer.run_dir else ""),
+              file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(args, registry: Registry, printer: ProgressPrinter, ctrl_c: CtrlC) -> int:
+    common = dict(device=args.device, jobs=args.jobs, listeners=[printer], should_stop=ctrl_c.stop.is_set)
     if args.resume:
         if args.suites:
             raise SuiteError("--resume takes the run folder only; the suite comes from it")
-        results = [run_cells([], {}, registry, resume=args.resume, device=args.device, jobs=args.jobs,
-                             listeners=[ProgressPrinter()], retry_failed=args.retry_failed)]
+        results = [run_cells([], {}, registry, resume=args.resume, retry_failed=args.retry_failed, **common)]
     else:
         if not args.suites:
             raise SuiteError("name at least one suite, e.g. `lowdim-bench run suites/smoke.toml`")
         overrides = Overrides(budgets=args.budgets, knobs=args.knobs, seeds=args.seeds, timeout_s=args.timeout,
                               methods=args.methods, tasks=args.tasks, device=args.device)
         plans = [make_plan(name, registry, overrides) for name in args.suites]  # every suite checked first
-        results = [run_cells(p.cells, p.meta, registry, out_dir=args.out, device=args.device, jobs=args.jobs,
-                             listeners=[ProgressPrinter()]) for p in plans]
+        results = []
+        for p in plans:
+            if ctrl_c.stop.is_set():
+                break
+            results.append(run_cells(p.cells, p.meta, registry, out_dir=args.out, **common))
     failed = False
     for res in results:
         _print_summary(report.summary(report.load(res.run_dir)), args.format)
         print_analyses(res.run_dir, registry)
         print(f"\nreport: {res.run_dir}/ (records.parquet, summary.csv, summary.md)")
+        if res.cancelled:
+            print(f"run cancelled: {resume_hint(res.run_dir)}", file=sys.stderr)
         failed |= res.failed > 0 or res.cancelled
     return 1 if failed else 0
 
@@ -176,8 +222,19 @@ def cmd_list(args, registry: Registry) -> int:
     return 0
 
 
+def finished_run(path: Path, role: str) -> None:
+    """Refuse a folder that is not a finished run with records: a gate against nothing passes nothing."""
+    meta = RunStore.open(path).meta()
+    ok = report.load(path).filter(pl.col("status") == "ok")["cell_key"].drop_nulls().unique().to_list()
+    cells = [k for k in ok if is_cell_key(k)]
+    if meta.get("status") != "finished" or not cells:
+        raise SuiteError(f"{path}: {role} is not a finished run (status {meta.get('status', '?')!r}, "
+                         f"{len(cells)} ok cell(s)); gate against a run that finished")
+
+
 def cmd_compare(args) -> int:
     tolerances = gate.parse_spec(args.fail_on)  # a bad spec is a usage error before anything loads
+    finished_run(args.a, "BASE")
     base, new = report.load(args.a), report.load(args.b)
     if args.deltas:
         print(report.render_compare(report.compare(base, new)) + "\n")
@@ -218,24 +275,41 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("compare", "show"):
             for d in ([args.a, args.b] if args.command == "compare" else [args.run_dir]):
-                if not (Path(d) / "run.json").exists():
+                if not (Path(d) / "run.json").is_file():
                     raise SuiteError(f"{d}: not a run folder (no run.json)")
             if args.command == "compare":
                 return cmd_compare(args)
-            summary = report.summary(report.load(args.run_dir))
-            if args.metrics:
-                print(report.render_table(summary, args.metrics))
-            else:
-                _print_summary(summary, args.format)
-                print_analyses(args.run_dir)
-            return 0
+            return cmd_show(args)
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":
             return cmd_list(args, registry)
         return cmd_run(args, registry)
-    except (SuiteError, PluginLoadError, FileNotFoundError, ValueError) as e:
+    except StorageError as e:
+        print(f"lowdim-bench: storage error: {e}", file=sys.stderr)
+        return STORAGE_ERROR
+    except OSError as e:
+        print(f"lowdim-bench: storage error: {describe(e, e.filename or '?')}", file=sys.stderr)
+        return STORAGE_ERROR
+    except (SuiteError, PluginLoadError, UnknownName, ValueError) as e:
         print(f"lowdim-bench: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+
+
+def cmd_show(args) -> int:
+    store = RunStore.open(args.run_dir)
+    summary = report.summary(report.load(args.run_dir))
+    if args.metrics:
+        print(report.render_table(summary, args.metrics))
+    else:
+        _print_summary(summary, args.format)
+        print_analyses(args.run_dir)
+    store.records()
+    if store.problems.lines:
+        print(f"lowdim-bench: warning: {args.run_dir}: {store.problems.summary()}", file=sys.stderr)
+    status = store.meta().get("status")
+    if status != "finished":
+        print(f"lowdim-bench: this run is {status}; {resume_hint(args.run_dir)}", file=sys.stderr)
+    return 0
 
 
 def entry() -> None:

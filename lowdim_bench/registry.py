@@ -215,7 +215,7 @@ class Registry:
         self.plugins[info.name] = info
         try:
             self.pm.register(obj, name=info.name)
-        except Exception:
+        except BaseException:  # a plugin object may do anything when pluggy inspects it
             self._broken(info, f"registering failed:\n{traceback.format_exc()}")
 
     def _collect(self) -> None:
@@ -236,7 +236,7 @@ class Registry:
                 _trace(f"call {hook_name} of plugin {info.name!r} ({info.module})")
                 try:
                     impl.function(register=register)
-                except Exception as exc:
+                except BaseException as exc:  # sys.exit or KeyboardInterrupt in a hook stops that plugin only
                     _trace(f"  {info.name}: {hook_name} raised {type(exc).__name__}: {exc}")
                     self._broken(info, f"hook {hook_name} raised:\n{traceback.format_exc()}")
         for impl in self.pm.hook.suite_paths.get_hookimpls():
@@ -246,7 +246,7 @@ class Registry:
                 for p in impl.function() or []:
                     self.suite_dirs.append(Path(p))
                     info.provides.append(f"suites:{p}")
-            except Exception:
+            except BaseException:
                 self._broken(info, f"hook suite_paths raised:\n{traceback.format_exc()}")
 
     def _register(self, cls: type, info: PluginInfo, what: str, table: dict, base: type) -> None:
@@ -281,8 +281,23 @@ class Registry:
 
     def _lookup(self, table: dict[str, Provided], what: str, name: str) -> Provided:
         if name not in table:
-            raise UnknownName(f"unknown {what} {name!r}; known: {', '.join(sorted(table)) or 'none'}")
+            raise UnknownName(self.unknown_message(what, name, table))
         return table[name]
+
+    def unknown_message(self, what: str, name: str, table: dict[str, Provided]) -> str:
+        """Why a name is unknown: a plugin of that name failed to load, or it is a typo."""
+        broken = self.broken
+        owner = next((p for p in broken if name in (p.name, p.dist, p.module.split(".")[-1])
+                      or p.name.startswith(f"{name}@")), None)
+        if owner is not None:
+            first = (owner.error or "").strip().splitlines()[-1:] or [""]
+            return (f"{what} {name!r} comes from plugin {owner.name!r}, which failed to load: {first[0][:200]} "
+                    "(see `lowdim-bench list plugins`)")
+        text = f"unknown {what} {name!r}; known: {', '.join(sorted(table)) or 'none'}"
+        if broken:
+            text += (f"; {len(broken)} plugin(s) failed to load and may provide it: "
+                     f"{', '.join(p.name for p in broken)} (see `lowdim-bench list plugins`)")
+        return text
 
     def method(self, name: str) -> Provided:
         return self._lookup(self.methods, "method", name)

@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from .core.records import SCHEMA, to_frame
-from .core.store import RunStore
+from .core.store import RunStore, write_atomic
 from .stats import t_quantile
 
 GROUP = ["task", "kind", "method", "size"]
@@ -24,9 +24,13 @@ def load(run_dir: str | Path) -> pl.DataFrame:
     run_dir = Path(run_dir)
     parquet = run_dir / "records.parquet"
     if parquet.exists():
-        frame = pl.read_parquet(parquet)
-        missing = [c for c in SCHEMA if c not in frame.columns]  # a run written before a field existed
-        return frame.with_columns(pl.lit(None, dtype=SCHEMA[c]).alias(c) for c in missing) if missing else frame
+        try:
+            frame = pl.read_parquet(parquet)
+        except Exception:  # a torn file (killed mid-write by an older version, a full disk): the jsonl is the truth
+            frame = None
+        if frame is not None:
+            missing = [c for c in SCHEMA if c not in frame.columns]  # a run written before a field existed
+            return frame.with_columns(pl.lit(None, dtype=SCHEMA[c]).alias(c) for c in missing) if missing else frame
     return to_frame(RunStore.open(run_dir).records())
 
 
@@ -227,14 +231,14 @@ def render_markdown(s: pl.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "") -> pl.DataFrame:
+def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "", extra: str = "") -> pl.DataFrame:
     """Write records.parquet, summary.csv and summary.md; return the summary."""
     run_dir = Path(run_dir)
     df = to_frame(records)
-    df.write_parquet(run_dir / "records.parquet")
+    write_atomic(run_dir / "records.parquet", df.write_parquet)
     s = summary(df)
     if not s.is_empty():
-        s.write_csv(run_dir / "summary.csv")
+        write_atomic(run_dir / "summary.csv", s.write_csv)
     notes = ("`reached` is the fraction of the dense model's parameters the cell's model has (trainable for adapt, "
              "stored otherwise, counted over the task's budget scope); `over` marks a cell whose smallest knob is "
              "already over its budget. Quality is the task's metric on its test split (mean over seeds, ± = std, ±95% = half-width of "
@@ -242,7 +246,8 @@ def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "") 
              "(median), memory in MiB (peak of one training step), FLOPs per sample. "
              "`pareto` marks rows on the quality-vs-parameters front of their task and kind; `tie` marks rows "
              "off it only by quality differences inside the 95% intervals.\n")
-    (run_dir / "summary.md").write_text(f"{header}\n\n{render_markdown(s)}\n{notes}")
+    text = f"{header}\n\n{render_markdown(s)}\n{notes}{extra}"
+    write_atomic(run_dir / "summary.md", lambda p: p.write_text(text))
     return s
 
 

@@ -223,7 +223,7 @@ def test_interleaved_phase_name_matches_the_runner():
 # ---- CLI ----------------------------------------------------------------------------------------------
 def _run_dir(path: Path, frame: pl.DataFrame) -> Path:
     path.mkdir(parents=True)
-    (path / "run.json").write_text("{}")
+    (path / "run.json").write_text('{"status": "finished", "cells": []}')
     frame.write_parquet(path / "records.parquet")
     return path
 

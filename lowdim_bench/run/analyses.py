@@ -7,7 +7,6 @@ summary.md. A failing analysis is a failed record and a line in summary.md; the 
 """
 from __future__ import annotations
 
-import os
 import secrets
 import traceback
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 from .. import api, report
 from ..core import records
-from ..core.store import RunStore
+from ..core.store import RunStore, write_atomic
 from ..registry import Registry, UnknownName
 from .artefacts import RunArtefacts
 
@@ -72,9 +71,7 @@ def _one(store: RunStore, name: str, options: Any, registry: Registry, ctx: api.
 
 
 def _write_csv(table: Any, path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    table.write_csv(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, table.write_csv)
 
 
 def sections(outcomes: list[Outcome]) -> str:

@@ -27,15 +27,25 @@ def base_key(task: Task, stage: str, seed: int, task_version: str) -> str:
 
 
 def cached_model(task: Task, stage: str, seed: int, task_version: str,
-                 build: Callable[[], nn.Module], like: nn.Module | None = None) -> tuple[nn.Module, bool]:
+                 build: Callable[[], nn.Module], like: nn.Module | None = None,
+                 notes: list[str] | None = None) -> tuple[nn.Module, bool]:
     """Return (model, was_cached). `build` trains the model when the cache has none. A cached
     state is loaded into `task.make_model(seed)`, or into a copy of `like` when given (family
-    members keep their base's structure, which may not come from make_model)."""
+    members keep their base's structure, which may not come from make_model).
+
+    A cache that cannot be written (read-only, full, a file where the folder should be) costs
+    the caching, never the cell: the model is built and used uncached, and `notes` says why."""
     folder = cache_dir() / "base" / task.name
-    folder.mkdir(parents=True, exist_ok=True)
     key = base_key(task, stage, seed, task_version)
     path = folder / f"{key}.pt"
-    with open(folder / f"{key}.lock", "w") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{key}.lock", "w")
+    except OSError as e:
+        if notes is not None:
+            notes.append(f"cache {folder} not writable ({e.strerror or e}): base built uncached")
+        return build(), False
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             try:
@@ -46,6 +56,11 @@ def cached_model(task: Task, stage: str, seed: int, task_version: str,
                 path.unlink(missing_ok=True)  # a torn or stale file: rebuild it
         model = build()
         tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if notes is not None:
+                notes.append(f"cache {path} not written ({e.strerror or e}): the next cell builds it again")
         return model, False

@@ -26,7 +26,7 @@ import torch
 from ..core import events as ev
 from ..core.cells import Cell
 from ..core.environment import resolve_device, usable_cores
-from .worker import process_main
+from .worker import REPORT_FAILED_EXIT, process_main
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def device_slots(device: str, jobs: int) -> list[str]:
 
 
 def exit_reason(code: int | None) -> str:
+    if code == REPORT_FAILED_EXIT:
+        return "out of memory: the worker could not even send its error report"
     if code is not None and code < 0:
         sig = -code
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)

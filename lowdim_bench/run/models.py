@@ -61,8 +61,9 @@ def base_model(task: api.Task, stage: str, seed: int, version: str, device: torc
         train(model, task, None, splits["train"], task.recipe("pretrain"), seed, device, progress(f"base[{stage}]"))
         return model.cpu()
 
-    model, hit = cache.cached_model(task, stage, seed, version, build)
-    return model.to(device).eval(), {"stage": stage, "cached": hit}
+    notes: list[str] = []
+    model, hit = cache.cached_model(task, stage, seed, version, build, notes=notes)
+    return model.to(device).eval(), {"stage": stage, "cached": hit, **({"cache_notes": notes} if notes else {})}
 
 
 def start_model(task: api.Task, cell: Cell, version: str, device: torch.device,

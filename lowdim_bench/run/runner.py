@@ -21,7 +21,7 @@ from ..core.cells import Cell, is_cell_key
 from ..core.environment import collect, resolve_device
 from ..core.store import RunStore
 from ..measure import roofline
-from ..registry import Registry
+from ..registry import Registry, UnknownName
 from . import analyses, interleave
 from .executor import Executor, LocalExecutor, RunInfo
 
@@ -34,12 +34,16 @@ class RunResult:
     cancelled: bool
 
 
-def refresh_versions(cells: list[Cell], registry: Registry) -> list[Cell]:
+def refresh_versions(cells: list[Cell], registry: Registry, run_dir: Path | None = None) -> list[Cell]:
     """Cells with the code versions installed now, so resume reruns cells whose code changed."""
     out = []
     for c in cells:
-        versions = {"method": registry.method(c.method).code_version, "task": registry.task(c.task).code_version,
-                    **{f"metric:{m}": registry.metric(m).code_version for m in c.measure}}
+        try:
+            versions = {"method": registry.method(c.method).code_version, "task": registry.task(c.task).code_version,
+                        **{f"metric:{m}": registry.metric(m).code_version for m in c.measure}}
+        except UnknownName as e:
+            raise UnknownName(f"cannot resume {run_dir or 'the run'}: {e}. Reinstall that plugin, or start a new "
+                              "run without it") from None
         out.append(replace(c, versions=versions))
     return out
 
@@ -70,11 +74,27 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
     env = collect(resolve_device(device))
     if resume is not None:
         store = RunStore.open(resume)
-        cells = refresh_versions(store.cells(), registry)
+        cells = refresh_versions(store.cells(), registry, resume)
+        store.lock()
         done = {k for k, c in store.finished().items() if c["status"] == "ok" or not retry_failed}
     else:
         store = RunStore.create(out_dir, suite_meta, cells, env)
         done = set()
+    try:
+        return _run(store, cells, done, suite_meta, registry, env, bus, device, jobs, should_stop, executor)
+    except BaseException:  # Ctrl-C twice, a full disk: the folder must not say "running" for ever
+        try:
+            store.set_status("cancelled")
+        except Exception:
+            pass
+        raise
+    finally:
+        store.unlock()
+
+
+def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[str, Any], registry: Registry,
+         env: dict[str, Any], bus: ev.EventBus, device: str, jobs: int, should_stop: Callable[[], bool],
+         executor: Executor | None) -> RunResult:
     todo = [c for c in cells if c.key not in done]
     run_id = store.run_id
     protocol_threads = int(cells[0].protocol.get("threads", 0)) if cells else 0
@@ -120,12 +140,16 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
 
     executor.submit(todo, RunInfo(run_id, store.dir))
     stopped = False
-    for event in executor.events():
-        if not stopped and should_stop():
-            stopped = True
-            executor.cancel()
-        if event is not None:
-            handle(event)
+    try:
+        for event in executor.events():
+            if not stopped and should_stop():
+                stopped = True
+                executor.cancel()
+            if event is not None:
+                handle(event)
+    except BaseException:  # never leave workers running behind an interrupted runner
+        executor.cancel()
+        raise
     completed = not stopped
     meta = store.meta()
     if completed:  # after every cell, so nothing else of the run competes for the cores
@@ -135,11 +159,7 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
     header = (f"# {meta['suite'].get('name')} (version {meta['suite'].get('version')}) - run {run_id}\n\n"
               f"{dt.datetime.now():%Y-%m-%d %H:%M}, {env['device_name']}, torch {env['torch_version']}, "
               f"git {env['git_rev'] or 'unknown'}")
-    report.write(store.dir, store.records(), header)
-    extra = analyses.sections(outcomes)
-    if extra:
-        with (store.dir / "summary.md").open("a") as f:
-            f.write(extra)
+    report.write(store.dir, store.records(), header, analyses.sections(outcomes))
     store.set_status("finished" if completed else "cancelled")
     cell_status = [c["status"] for k, c in store.finished().items() if is_cell_key(k)]
     failed_total = cell_status.count("failed")

@@ -8,7 +8,14 @@ Progress, RecordsReady, then CellDone or CellFailed.
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import datetime as dt
+import gc
+import os
+import signal
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -180,18 +187,61 @@ def classify(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:500]}"
 
 
+REPORT_FAILED_EXIT = 70  # the worker could not even report its error (out of memory while reporting)
+
+
 def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = None, device: str | None = None,
             run_dir: str | Path | None = None) -> None:
-    """Run a cell, reporting through `send`; never raises."""
+    """Run a cell, reporting through `send`; never raises.
+
+    On an error the reason and traceback are formatted first, then the failed frames are let go
+    (they may hold the tensors that exhausted memory) before the report is sent, so an out of
+    memory in `apply` is reported as out of memory, not as a worker that died."""
+    failure: tuple[str, str] | None = None
     try:
         registry = registry or Registry.load()
         CellRun(cell, run_id, send, registry, device, run_dir).run()
-        send(ev.CellDone(cell.key))
     except BaseException as exc:  # a plugin may raise anything, even SystemExit
-        send(ev.CellFailed(cell.key, cell.label, classify(exc), records.cap_text(traceback.format_exc())))
+        failure = (classify(exc), records.cap_text(traceback.format_exc()))
+    if failure is None:
+        send(ev.CellDone(cell.key))
+        return
+    gc.collect()
+    send(ev.CellFailed(cell.key, cell.label, *failure))
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive the run that started it (a killed parent leaves no hung worker):
+    the kernel kills it when its parent dies (Linux), and a watchdog thread checks too."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
 def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads: int, device: str) -> None:
     """Entry point of a worker process (spawned: a clean interpreter per cell)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it cancels, we are killed
+    _die_with_parent()
+    cell = Cell.from_dict(cell_dict)
+    # report at once: this starts the queue's feeder thread while memory is still there to start it
+    queue.put(ev.CellStarted(cell.key, cell.label, f"pid {os.getpid()}"))
     set_threads(threads or None)
-    execute(Cell.from_dict(cell_dict), run_id, queue.put, device=device, run_dir=run_dir)
+    try:
+        execute(cell, run_id, queue.put, device=device, run_dir=run_dir)
+        queue.close()
+        queue.join_thread()
+    except BaseException:  # not even the report could be sent: say so through the exit code
+        os._exit(REPORT_FAILED_EXIT)
