@@ -26,7 +26,7 @@ def model() -> nn.Module:
 def test_registers_under_every_reference_kind() -> None:
     reg = Registry.from_objects({"dense": dense_module})
     assert reg.method("dense").cls is DenseMethod
-    assert set(DenseMethod.supported_kinds()) == {"train", "adapt", "compress"}
+    assert set(DenseMethod.supported_kinds()) == {"train", "adapt", "compress", "merge"}
     assert DenseMethod.knob is None
     with pytest.raises(PluginError):
         DenseMethod().knob_range(model())
