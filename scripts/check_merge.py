@@ -113,7 +113,7 @@ def main() -> None:
             norm = statistics.fmean(q[m] / alone[m] for m in members)
             st = getattr(merged, "merge_stats", None)
             extra = f" lam={st.lam:.3g}" if st is not None and st.lam is not None else ""
-            extra += f" kept={st.retained:.3f}" if st is not None else ""
+            extra += f" kept={st.retained:.3f} cpu={st.cpu_seconds:.1f} s" if st is not None else ""
             print(f"  {entry:20s} mean={mean:.4f} norm={norm:.3f} {secs:6.1f} s{extra} | "
                   + " ".join(f"{m}={v:.3f}" for m, v in q.items()))
             rows.setdefault(entry, []).append((mean, norm, secs))

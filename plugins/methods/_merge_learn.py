@@ -51,10 +51,8 @@ def unlabeled(ctx: ApplyContext, splits: dict[str, dict[str, Any]], part: str, b
 def entropy_loss(fam: Family, params_for: Callable[[int], Vector], streams: dict[str, Iterator[Inputs]]) -> Tensor:
     """Summed over members (as the official loop sums per-task losses): the entropy of member i's
     view, run with params_for(i), on its next unlabeled batch."""
-    total = torch.zeros(())
-    for i, m in enumerate(fam.members):
-        total = total + entropy(view_forward(fam, m, params_for(i), next(streams[m])))
-    return total
+    losses = [entropy(view_forward(fam, m, params_for(i), next(streams[m]))) for i, m in enumerate(fam.members)]
+    return torch.stack(losses).sum()
 
 
 def mean_val_quality(fam: Family, ctx: ApplyContext, splits: dict[str, dict[str, Any]], delta: Vector) -> float:
@@ -91,8 +89,8 @@ class LayerWise:
     clamp: bool
 
     @classmethod
-    def init(cls, members: int, tensors: int, value: float, clamp: bool) -> "LayerWise":
-        return cls(torch.full((members, tensors), float(value), requires_grad=True), clamp)
+    def init(cls, members: int, tensors: int, value: float, clamp: bool, device: torch.device) -> "LayerWise":
+        return cls(torch.full((members, tensors), float(value), device=device, requires_grad=True), clamp)
 
     def weights(self) -> Tensor:
         return self.coef.clamp(0.0, 1.0) if self.clamp else self.coef

@@ -47,6 +47,10 @@ class Family:
     def members(self) -> list[str]:
         return list(self.vectors)
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.base.values())).device
+
 
 def build_family(base: nn.Module, ctx: ApplyContext, method: str) -> Family:
     if not ctx.members:

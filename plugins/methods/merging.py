@@ -156,7 +156,7 @@ class AdaMerging(MergeMethod):
         splits = learn.member_splits(ctx, fam)
         streams = learn.unlabeled(ctx, splits, h["adapt_split"], h["batch_size"], gen, stats)
         vectors = [fam.vectors[m] for m in fam.members]
-        lw = learn.LayerWise.init(len(vectors), len(fam.names), self.init(fam, ctx, splits, stats), h["clamp"])
+        lw = learn.LayerWise.init(len(vectors), len(fam.names), self.init(fam, ctx, splits, stats), h["clamp"], fam.device)
         opt = learn.adamerge(fam, vectors, lw, streams, h["steps"], h["lr"])
         with torch.no_grad():
             stats.lam = float(lw.weights().mean())
@@ -188,7 +188,7 @@ class ConcreteAdaMerging(AdaMerging):
         streams = learn.unlabeled(ctx, splits, h["adapt_split"], h["batch_size"], gen, stats)
         vectors = [fam.vectors[m] for m in fam.members]
         init = self.init(fam, ctx, splits, stats)
-        lw = learn.LayerWise.init(len(vectors), len(fam.names), init, h["clamp"])
+        lw = learn.LayerWise.init(len(vectors), len(fam.names), init, h["clamp"], fam.device)
         mask = ConcreteMask(fam.base, float(size), h["temperature"])
         opts = learn.learn_mask_adamerging(fam, mask, lw, init, streams, h["mask_steps"], h["mask_lr"], h["inner_lr"], gen)
         final = mask.final(gen, h["eval_mask"])
