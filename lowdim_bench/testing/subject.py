@@ -9,7 +9,8 @@ Choices (also in docs/plugins.md, "The conformance kit"):
   digits-cnn. The default size is a quarter of the way up the knob range.
 - Training uses the harness's own loop (lowdim_bench.run.train) with the task's recipe for the
   kind, cut to `steps` steps.
-- Merge methods run on a task with a family (the first registered one unless a task is passed);
+- Merge methods run on a task with a family (the registered one with the smallest model unless
+  a task is passed);
   each member is the base plus its own seeded noise (a stand-in for fine-tuning), nothing is
   trained after the merge, and outputs are compared through every member's view.
 """
@@ -58,18 +59,22 @@ def default_task_name(method: type[api.Method]) -> str:
 
 
 def family_task() -> api.Task:
-    """The first registered task (by name) that has members, for merge methods."""
+    """The registered task with members whose default model is smallest (the cheapest smoke
+    task for merge methods; ties broken by name)."""
     from ..registry import Registry
 
     reg = Registry.load()
+    found = []
     for name in sorted(reg.tasks):
         try:
             task = reg.task(name).cls()
             if task.members():
-                return task
+                found.append((sum(p.numel() for p in task.make_model(0).parameters()), name, task))
         except Exception:  # a task that cannot build with defaults is no smoke task
             continue
-    raise api.PluginError("no registered task has members (Task.members()); merge methods need one")
+    if not found:
+        raise api.PluginError("no registered task has members (Task.members()); merge methods need one")
+    return min(found, key=lambda f: f[:2])[2]
 
 
 class MemberViews(nn.Module):

@@ -12,6 +12,7 @@ is merged.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -87,8 +88,6 @@ def build_family(base: nn.Module, ctx: ApplyContext, method: str) -> Family:
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     out = copy.deepcopy(model).eval()
     for p in out.parameters():
         p.requires_grad_(False)

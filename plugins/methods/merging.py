@@ -15,6 +15,7 @@ Where a lambda is chosen it is chosen on the members' validation splits, never o
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -222,16 +223,16 @@ class Individual(Method):
     description = "Reference: each member scored by itself (what merging tries to keep); stores every member."
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
-        import copy
-
         if size is not None:
             raise PluginError(f"method 'individual' has no size knob; got size={size!r}")
         if not ctx.members:
             raise PluginError("method 'individual' runs only in merge cells, on a task with members")
-        out = MemberSet({m: copy.deepcopy(mod) for m, mod in ctx.members.items()})
-        for p in out.parameters():
-            p.requires_grad_(False)
-        out.merge_stats = MergeStats(retained=1.0)
+        stats = MergeStats(retained=1.0)
+        with measured(stats, ctx.device):
+            out = MemberSet({m: copy.deepcopy(mod) for m, mod in ctx.members.items()})
+            for p in out.parameters():
+                p.requires_grad_(False)
+        out.merge_stats = stats
         return out.eval()
 
 
