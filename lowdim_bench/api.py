@@ -161,7 +161,7 @@ class Measurement:
 def _derive_defaults(cls: type) -> None:
     """`defaults` of a class that declares `params`: the typed defaults, so `Cls.defaults[name]`
     reads the same whichever way a plugin declared its settings."""
-    if "params" in cls.__dict__:  # a parent's settings are not inherited unless `params` repeats them
+    if "params" in cls.__dict__:  # a subclass that declares `params` lists them all ({**Parent.params, ...})
         cls.defaults = {**cls.__dict__.get("defaults", {}), **{k: p.default for k, p in cls.params.items()}}
 
 

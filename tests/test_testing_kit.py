@@ -186,6 +186,7 @@ def test_pytest_plugin_fixture_runs_checks(tmp_path):
 # Test-size options for tasks whose defaults are sized for a real run (checks, not quality).
 SMALL = {"stdlib-lm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "context": 32, "eval_windows": 8,
                        "max_corpus_bytes": 200_000}}
+SMALL["stdlib-lm-family"] = {**SMALL["stdlib-lm"], "member_corpus_bytes": 60_000}
 
 
 def _builtin_entries():
@@ -204,7 +205,7 @@ def _builtin_entries():
             if kind_of == "method":
                 cls = reg.methods[name].cls
                 for kind in cls.supported_kinds():
-                    if kind != "merge":
+                    if kind != "merge":  # merge kinds: tests/test_method_merging.py, with CPU-sized steps
                         entries.append(pytest.param("method", name, kind, id=f"method-{name}-{kind}"))
             elif kind_of in ("task", "metric"):
                 entries.append(pytest.param(kind_of, name, None, id=f"{kind_of}-{name}"))

@@ -109,6 +109,7 @@ def check_base_untouched(s: MethodSubject) -> CheckResult:
     name = "base_untouched"
     base = s.base()
     before = probes.snapshot(base)
+    members_before = {m: probes.snapshot(mod) for m, mod in s.members().items()}
     model = s.apply(base)
     if model is base:
         return failed(name, s.label, "apply returns a new model", "it returned the base model object itself")
@@ -116,7 +117,12 @@ def check_base_untouched(s: MethodSubject) -> CheckResult:
     if diff:
         return failed(name, s.label, "the base model unchanged by apply (values, requires_grad flags, modules)",
                       "after apply: " + "; ".join(diff))
-    if _trainable_present(model):
+    for m, snap in members_before.items():
+        diff = probes.diff_snapshots(snap, probes.snapshot(s.members()[m]))
+        if diff:
+            return failed(name, s.label, "every member unchanged by the merge (ctx.members is read-only)",
+                          f"member {m!r} after apply: " + "; ".join(diff))
+    if s.kind != "merge" and _trainable_present(model):
         s.train(model, steps=1)
         diff = probes.diff_snapshots(before, probes.snapshot(base))
         if diff:
@@ -130,9 +136,9 @@ def check_kind(s: MethodSubject) -> CheckResult:
     """The declared kind's contract: adapt freezes every base tensor and trains only new ones."""
     name = "kind"
     base = s.base()
-    ref = _outputs(base, s.inputs())
+    ref = _outputs(s.scored(base), s.inputs())
     model = s.apply(base)
-    out = _outputs(model, s.inputs())
+    out = _outputs(s.scored(model), s.inputs())
     if [t.shape for t in out] != [t.shape for t in ref]:
         return failed(name, s.label, f"the applied model's output shapes {[tuple(t.shape) for t in ref]} (as the base)",
                       f"{[tuple(t.shape) for t in out]}")
@@ -156,8 +162,8 @@ def check_identity_at_init(s: MethodSubject) -> CheckResult:
     if not s.cls.identity_at_init:
         return skipped(name, s.label, "the method does not declare identity_at_init")
     inputs = s.inputs()
-    ref = _outputs(s.base(), inputs)
-    out = _outputs(s.apply(), inputs)
+    ref = _outputs(s.scored(s.base()), inputs)
+    out = _outputs(s.scored(s.apply()), inputs)
     ok, what = compare_outputs(out, ref, s.options.atol, s.options.rtol)
     if not ok:
         return failed(name, s.label, f"outputs equal to the base's on the task's example inputs "
@@ -212,8 +218,8 @@ def check_flops(s: MethodSubject) -> CheckResult:
     bs = s.options.batch_size
     trained = s.trained()
     deployed = s.method.for_inference(copy.deepcopy(trained)).eval()
-    fwd = forward_flops(deployed, s.inputs(bs))
-    dense = forward_flops(s.base(), s.inputs(bs)).executed
+    fwd = forward_flops(s.scored(deployed), s.inputs(bs))
+    dense = forward_flops(s.scored(s.base()), s.inputs(bs)).executed
     problems = []
     if fwd.executed <= 0 or fwd.ideal <= 0:
         problems.append(f"forward FLOPs executed {fwd.executed}, ideal {fwd.ideal}")
@@ -224,7 +230,7 @@ def check_flops(s: MethodSubject) -> CheckResult:
         if step.executed <= 0:
             problems.append(f"training-step FLOPs executed {step.executed}")
     for form, model in (("deployed", deployed), ("training", trained)):
-        found = probes.sparse_as_dense_operands(model, s.inputs(bs), s.inputs(bs + 3))
+        found = probes.sparse_as_dense_operands(s.scored(model), s.inputs(bs), s.inputs(bs + 3))
         if found:
             problems.append(f"{form} form multiplies mostly-zero weights as dense matrices, so FLOPs count every zero: "
                             + ", ".join(f"{f.op} operand {f.shape} {f.zero_fraction:.0%} zeros" for f in found[:4]))
@@ -277,7 +283,7 @@ def check_state_dict_round_trip(s: MethodSubject) -> CheckResult:
     except Exception as exc:
         return failed(name, s.label, "a state_dict of tensors that torch.load(weights_only=True) reads",
                       f"{type(exc).__name__}: {str(exc)[:200]}")
-    want = _outputs(trained, s.inputs())
+    want = _outputs(s.scored(trained), s.inputs())
     verdicts = []
     for seed in (s.seed, s.seed + 1):
         fresh = s.apply(seed=seed)
@@ -289,7 +295,7 @@ def check_state_dict_round_trip(s: MethodSubject) -> CheckResult:
                 break
             return failed(name, s.label, "the saved state loads (strict) into a fresh apply",
                           f"{type(exc).__name__}: {str(exc)[:300]}")
-        ok, what = compare_outputs(_outputs(fresh, s.inputs()), want, s.options.atol, s.options.rtol)
+        ok, what = compare_outputs(_outputs(s.scored(fresh), s.inputs()), want, s.options.atol, s.options.rtol)
         if seed == s.seed and not ok:
             return failed(name, s.label, "a fresh apply with the saved state loaded computes what the trained model "
                           "computes (state outside the state_dict is lost on save)", what)
@@ -318,6 +324,8 @@ def check_budget_monotone(s: MethodSubject) -> CheckResult:
     knob = s.cls.knob
     if knob is None:
         return skipped(name, s.label, "the method has no size knob")
+    if s.kind == "merge":
+        return skipped(name, s.label, "a merge's knob is the fraction it keeps, not a parameter count")
     base = s.base()
     lo, hi = s.method.knob_range(base)
     values = sweep(lo, hi, knob.integer, s.options.sweep_points)
@@ -340,9 +348,14 @@ def check_smoke_run(s: MethodSubject) -> CheckResult:
     start = time.perf_counter()
     model = s.apply()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trains = bool(before) or s.method.configure_optimizer(model, 1e-3, 0.0) is not None
+    trains = s.kind != "merge" and (bool(before) or s.method.configure_optimizer(model, 1e-3, 0.0) is not None)
     result = s.train(model) if trains else None
-    quality = s.task.evaluate(model, s.splits()["val"])
+    if s.kind == "merge":  # the mean over members, each through its view on its validation split
+        qs = [s.task.evaluate(s.task.member_view(model, m, mod), s.task.splits(f"member:{m}", s.seed)["val"])
+              for m, mod in s.members().items()]
+        quality = sum(qs) / len(qs)
+    else:
+        quality = s.task.evaluate(model, s.splits()["val"])
     seconds = time.perf_counter() - start
     if trains and before and not any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()
                                      if n in before):
@@ -362,7 +375,8 @@ def check_inference_form(s: MethodSubject) -> CheckResult:
     name = "inference_form"
     trained = s.trained()
     deployed = s.method.for_inference(copy.deepcopy(trained))
-    ok, what = compare_outputs(_outputs(deployed, s.inputs()), _outputs(trained, s.inputs()), s.options.atol * 10,
+    ok, what = compare_outputs(_outputs(s.scored(deployed), s.inputs()), _outputs(s.scored(trained), s.inputs()),
+                               s.options.atol * 10,
                                s.options.rtol * 10)
     if not ok:
         return failed(name, s.label, "the deployed form computes what the trained model computes", what)
@@ -388,8 +402,6 @@ def run_method_check(check: str, s: MethodSubject) -> CheckResult:
     """One check by name; an exception inside it is a failure that shows the traceback's end."""
     if check not in METHOD_CHECKS:
         raise KeyError(f"unknown method check {check!r}; known: {', '.join(METHOD_CHECKS)}")
-    if s.kind == "merge" and check != "declaration":
-        return skipped(check, s.label, "merge methods need several fine-tuned models; the kit has no merge task yet")
     try:
         return METHOD_CHECKS[check](s)
     except Exception as exc:

@@ -1,7 +1,9 @@
 """Conformance checks for a Metric: it returns Measurement objects with names, units and finite values.
 
 The kit measures the dense reference on the smoke task with a light protocol (below), so a
-metric that reads protocol keys finds the standard ones.
+metric that reads protocol keys finds the standard ones. A metric that measures nothing there
+(one about merge cells) is measured again in a merge context: the first task with a family, the
+base and its members (each the base plus seeded noise), the base as the scored model.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from .. import api
 from ..run.train import make_optimizer
 from .results import CheckResult, failed, passed
-from .subject import resolve_task
+from .subject import family_task, perturb_, resolve_task
 
 KIT_PROTOCOL: dict[str, Any] = {
     "batch_sizes": [1, 8], "warmup": 1, "repeats": 3, "max_seconds": 0.2, "threads": 0,
@@ -44,12 +46,26 @@ def measure_context(task: api.Task | str | None = None, seed: int = 0) -> api.Me
                               make_optimizer=lambda m: make_optimizer(m, method, 1e-3, 0.0), dense_params=dense)
 
 
+def merge_context(seed: int = 0) -> api.MeasureContext:
+    """A merge cell's context for the kit: family task, base, noisy members; the base is the model."""
+    task = family_task()
+    base = perturb_(task.make_model(seed), seed, 0.05).eval()
+    members = {m: perturb_(copy.deepcopy(base), seed + 101 * (i + 1), 0.1).eval() for i, m in enumerate(task.members())}
+    ctx = measure_context(task, seed)
+    ctx.model, ctx.inference_model, ctx.kind = base, copy.deepcopy(base), "merge"
+    ctx.base_model, ctx.members, ctx.extras = base, members, {"seed": seed}
+    return ctx
+
+
 def check_measurements(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None) -> CheckResult:
     metric = metric() if isinstance(metric, type) else metric
     label = f"metric {type(metric).name!r}"
     name = "measurements"
     try:
         out = metric.measure(measure_context(task))
+        if isinstance(out, list) and not out and task is None:
+            label += " (merge context)"
+            out = metric.measure(merge_context())
     except Exception as exc:
         tb = traceback.format_exc().strip().splitlines()
         return failed(name, label, "measure() to run on the smoke task", f"{type(exc).__name__}: {exc} ({tb[-2:]})")

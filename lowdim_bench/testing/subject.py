@@ -9,6 +9,10 @@ Choices (also in docs/plugins.md, "The conformance kit"):
   digits-cnn. The default size is a quarter of the way up the knob range.
 - Training uses the harness's own loop (lowdim_bench.run.train) with the task's recipe for the
   kind, cut to `steps` steps.
+- Merge methods run on a task with a family (the registered one with the smallest model unless
+  a task is passed);
+  each member is the base plus its own seeded noise (a stand-in for fine-tuning), nothing is
+  trained after the merge, and outputs are compared through every member's view.
 """
 from __future__ import annotations
 
@@ -54,6 +58,36 @@ def default_task_name(method: type[api.Method]) -> str:
     return DEFAULT_TASK
 
 
+def family_task() -> api.Task:
+    """The registered task with members whose default model is smallest (the cheapest smoke
+    task for merge methods; ties broken by name)."""
+    from ..registry import Registry
+
+    reg = Registry.load()
+    found = []
+    for name in sorted(reg.tasks):
+        try:
+            task = reg.task(name).cls()
+            if task.members():
+                found.append((sum(p.numel() for p in task.make_model(0).parameters()), name, task))
+        except Exception:  # a task that cannot build with defaults is no smoke task
+            continue
+    if not found:
+        raise api.PluginError("no registered task has members (Task.members()); merge methods need one")
+    return min(found, key=lambda f: f[:2])[2]
+
+
+class MemberViews(nn.Module):
+    """A merged model as scored: every member's view on the same inputs, outputs as a tuple."""
+
+    def __init__(self, task: api.Task, merged: nn.Module, members: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.views = nn.ModuleList([task.member_view(merged, m, mod) for m, mod in members.items()])
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple:
+        return tuple(v(*args, **kwargs) for v in self.views)
+
+
 def resolve_task(task: api.Task | str | type | None, method: type[api.Method] | None = None) -> api.Task:
     if isinstance(task, api.Task):
         return task
@@ -97,7 +131,11 @@ class MethodSubject:
         if self.kind not in self.cls.supported_kinds():
             raise api.PluginError(f"method {self.cls.name!r} does not run as {self.kind!r}; "
                                   f"it supports {list(self.cls.supported_kinds())}")
-        self.task = resolve_task(task, self.cls)
+        if self.kind == "merge" and task is None:
+            self.task = family_task()
+        else:
+            self.task = resolve_task(task, self.cls)
+        self._members: dict[str, nn.Module] | None = None
         self.stage = "source" if self.kind in ("adapt", "head") else "target"
         self._splits: dict[str, Any] | None = None
         self._trained: nn.Module | None = None
@@ -140,11 +178,25 @@ class MethodSubject:
         for _ in range(4):
             yield self.task.model_inputs(next(batches))
 
+    def members(self) -> dict[str, nn.Module]:
+        """Merge kind: the family's members, each the base plus its own seeded noise (twice the
+        base's noise), built once; {} for other kinds."""
+        if self.kind != "merge":
+            return {}
+        if self._members is None:
+            self._members = {m: perturb_(self.base(), self.seed + 101 * (i + 1), 2 * self.options.noise).eval()
+                             for i, m in enumerate(self.task.members())}
+        return self._members
+
+    def scored(self, model: nn.Module) -> nn.Module:
+        """What the task scores: the model itself, or (merge) every member's view of it."""
+        return MemberViews(self.task, model, self.members()) if self.kind == "merge" else model
+
     def context(self, seed: int | None = None, generator: torch.Generator | None = None) -> api.ApplyContext:
         seed = self.seed if seed is None else seed
         return api.ApplyContext(seed=seed, device=torch.device("cpu"), task=self.task,
                                 generator=generator or torch.Generator().manual_seed(seed),
-                                calibration=self.calibration)
+                                calibration=self.calibration, kind=self.kind, members=self.members())
 
     def apply(self, base: nn.Module | None = None, size: float | None | str = "default", seed: int | None = None,
               generator: torch.Generator | None = None) -> nn.Module:
@@ -164,6 +216,9 @@ class MethodSubject:
         """The applied model after the kit's few training steps (cached; callers get a copy)."""
         if self._trained is None:
             model = self.apply()
+            if self.kind == "merge":  # a merge is final: nothing trains after it
+                self._trained = model.eval()
+                return copy.deepcopy(self._trained)
             if any(p.requires_grad for p in model.parameters()) or self.method.configure_optimizer(
                     model, 1e-3, 0.0) is not None:
                 self.train(model)

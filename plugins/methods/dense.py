@@ -1,7 +1,9 @@
 """The dense reference: the model as it is, every parameter trainable.
 
 It runs under every kind the comparison needs a reference for: full training (train), full
-fine-tuning (adapt) and the uncompressed model (compress, where the harness does not train it).
+fine-tuning (adapt), the uncompressed model (compress, where the harness does not train it) and
+the unmerged base (merge: scored on each member through the task's member_view, e.g. the base
+body with that member's fine-tuned head).
 """
 from __future__ import annotations
 
