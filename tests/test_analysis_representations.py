@@ -67,7 +67,7 @@ def digits_result():
              "k2": (info("k2", "digits-mlp", "dense", 1), permuted_hidden(m0)),
              "k3": (info("k3", "digits-mlp", "lora", 0), lora0),
              "k4": (info("k4", "digits-mlp", "lora", 1), m1)}
-    return run(FakeArtefacts(task, cells))
+    return run(FakeArtefacts(task, cells), {"probe": 64, "sparse_prediction": True})
 
 
 def test_points_are_layer_inputs_without_the_data(digits_result):
@@ -84,6 +84,7 @@ def test_identical_and_permuted_models(digits_result):
     hidden1 = perm.row(0, named=True)  # body.2.in: the permuted layer's output
     assert hidden1["linear_cka"] == pytest.approx(1.0) and hidden1["svcca"] == pytest.approx(1.0, abs=1e-6)
     assert hidden1["match_corr"] == pytest.approx(1.0, abs=1e-6)  # the matching undoes the permutation
+    assert hidden1["sparse_r2"] > 0.9 and hidden1["sparse_connections"] <= 2  # one unit predicts each
     other = t.filter((pl.col("a") == "dense@full#s0") & (pl.col("b") == "lora@full#s1"))
     assert all(v < 0.99 for v in other["linear_cka"])
 
@@ -97,7 +98,7 @@ def test_records_average_seed_pairs_within_and_same_seed_across(digits_result):
                                    & (pl.col("a_seed") == pl.col("b_seed")))
     assert across.value == pytest.approx(t["linear_cka"].mean())
     assert {r.metric.split(".")[0] for r in digits_result.records} == {
-        "linear_cka", "debiased_cka", "svcca", "match_corr", "semi_corr"}
+        "linear_cka", "debiased_cka", "svcca", "match_corr", "semi_corr", "sparse_r2", "sparse_connections"}
     assert "### digits-mlp" in digits_result.markdown and "dense@full ~ dense@full" in digits_result.markdown
 
 

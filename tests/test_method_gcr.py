@@ -27,7 +27,8 @@ def test_logit_is_gamma_times_projection_norm():
     gen = torch.Generator().manual_seed(0)
     head = GrassmannHead(6, 3, 2, 25.0, gen)
     x = torch.randn(4, 6)
-    want = torch.stack([25.0 * (head.bases[c].T @ (x / x.norm(dim=1, keepdim=True)).T).norm(dim=0) for c in range(3)], 1)
+    xn = x / x.norm(dim=1, keepdim=True)
+    want = torch.stack([25.0 * (head.bases[c].T @ xn.T).norm(dim=0) for c in range(3)], 1)
     assert torch.allclose(head(x), want, atol=1e-5)
     assert torch.allclose(head(3.0 * x), head(x), atol=1e-5)  # scale of the feature does not matter
     assert orthonormality_error(head.bases) < 1e-6

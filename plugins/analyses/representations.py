@@ -101,7 +101,8 @@ def hook_points(model: nn.Module, names: list[str], inputs: Inputs, cap: int) ->
     kept: dict[str, Point] = {}
     for name in names:
         p = grabbed.get(name)
-        if p is not None and not any(q.flat.shape == p.flat.shape and torch.equal(q.flat, p.flat) for q in kept.values()):
+        if p is not None and not any(q.flat.shape == p.flat.shape and torch.equal(q.flat, p.flat)
+                                     for q in kept.values()):
             kept[name] = p
     return kept
 
@@ -139,7 +140,8 @@ class RepresentationsAnalysis(Analysis):
                 raise ConfigError(f"{key} must be an integer >= 8, got {v!r}", key=key)
         layers = out["layers"]
         if layers != "auto" and not (isinstance(layers, list) and layers and all(isinstance(s, str) for s in layers)):
-            raise ConfigError(f"layers must be \"auto\" or a list of module-name suffixes, got {layers!r}", key="layers")
+            raise ConfigError(f"layers must be \"auto\" or a list of module-name suffixes, got {layers!r}",
+                              key="layers")
         if not isinstance(out["sparse_prediction"], bool):
             raise ConfigError(f"sparse_prediction must be true or false, got {out['sparse_prediction']!r}",
                               key="sparse_prediction")
@@ -164,7 +166,7 @@ class RepresentationsAnalysis(Analysis):
             if len(cells) >= 2:
                 rows += self._task_rows(ctx, task_name, cells, options)
         table = pl.DataFrame(rows) if rows else None
-        records = self._records(rows, ctx.suite.reference)
+        records = self._records(rows)
         return AnalysisResult(table=table, markdown=self._markdown(rows, ctx.suite.reference), records=records)
 
     def _task_rows(self, ctx: AnalysisContext, task_name: str, cells: list[ArtefactInfo],
@@ -177,8 +179,11 @@ class RepresentationsAnalysis(Analysis):
         names = [n for n, _ in find_layers(task.make_model(cells[0].seed), (nn.Linear, nn.Conv2d))]
         if options["layers"] != "auto":
             names = [n for n in names if any(n == s or n.endswith("." + s) for s in options["layers"])]
-        feats = {c.cell_key: hook_points(ctx.artefacts.load_model(c.cell_key), names, inputs, options["max_rows"])
-                 for c in cells}
+        feats = {}
+        for c in cells:
+            model = ctx.artefacts.load_model(c.cell_key)
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            feats[c.cell_key] = hook_points(model, names, task.to_device(inputs, device), options["max_rows"])
         points = [n for n in names if all(n in f for f in feats.values())]
         keys = [c.cell_key for c in cells]
         points = [n for n in points  # the data itself (same for every model) says nothing
@@ -206,15 +211,15 @@ class RepresentationsAnalysis(Analysis):
             groups[(r["task"], r["point"], ma, mb)].append(r)
         return groups
 
-    def _records(self, rows: list[dict[str, Any]], reference: str | None) -> list[AnalysisRecord]:
+    def _records(self, rows: list[dict[str, Any]]) -> list[AnalysisRecord]:
         out = []
         for (task, point, ma, mb), group in sorted(self._pairs(rows).items()):
-            for measure in MEASURES + ("sparse_r2",):
+            for measure in MEASURES + ("sparse_r2", "sparse_connections"):
                 vals = [r[measure] for r in group if measure in r]
                 if vals:
+                    unit = "units" if measure == "sparse_connections" else "fraction"
                     out.append(AnalysisRecord(metric=f"{measure}.{point}", value=sum(vals) / len(vals),
-                                              unit="fraction", task=task, phase=f"{ma} | {mb}",
-                                              higher_is_better=None))
+                                              unit=unit, task=task, phase=f"{ma} | {mb}", higher_is_better=None))
         return out
 
     def _markdown(self, rows: list[dict[str, Any]], reference: str | None) -> str:

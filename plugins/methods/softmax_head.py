@@ -45,7 +45,8 @@ class SoftmaxHeadMethod(Method):
     params = {"head_module": Param("auto", str, help="the classifier's name; 'auto' finds it (docs/plugins.md)")}
     targets = ("Linear",)
     identity_at_init = False
-    description = "Reference head: a fresh linear softmax classifier (k prototypes per class, logsumexp) fine-tuned with the body."
+    description = ("Reference head: a fresh linear softmax classifier (k prototypes per class, logsumexp) "
+                   "fine-tuned with the body.")
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)

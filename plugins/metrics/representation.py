@@ -102,8 +102,9 @@ class WeightSpectraMetric(Metric):
                     Measurement(f"update_rel_norm.{name}", s.update_rel_norm, "ratio"),
                     Measurement(f"update_top{TOP_R}_share.{name}", s.top_r_share, "fraction"),
                     Measurement(f"update_top{TOP_R}_random.{name}", s.random_share, "fraction")]
-            out += [Measurement(f"weight_sv.{name}", v, "singular value", phase=f"sv{i + 1}") for i, v in enumerate(s.weight_sv)]
-            out += [Measurement(f"update_sv.{name}", v, "singular value", phase=f"sv{i + 1}") for i, v in enumerate(s.update_sv)]
+            for what, values in (("weight_sv", s.weight_sv), ("update_sv", s.update_sv)):
+                out += [Measurement(f"{what}.{name}", v, "singular value", phase=f"sv{i + 1}")
+                        for i, v in enumerate(values)]
         out.append(Measurement("layers_updated", changed, "layers"))
         if changed:
             out += [Measurement("update_rel_norm", math.sqrt(delta_sq / base_sq) if base_sq > 0 else 0.0, "ratio"),
