@@ -68,7 +68,8 @@ def base_model(task: Task, seed: int, cache: dict) -> nn.Module:
     return cache[(task.name, seed)]
 
 
-def finetune(task: Task, method: Method, model: nn.Module, seed: int, grid: list[float]) -> tuple[nn.Module, float, float]:
+def finetune(task: Task, method: Method, model: nn.Module, seed: int,
+             grid: list[float]) -> tuple[nn.Module, float, float]:
     """(best-on-validation model, its test quality, its lr)."""
     splits = task.splits("target", seed)
     best = None
@@ -176,11 +177,13 @@ def head_part(task: Task, reg: Registry, args, cache: dict) -> None:
     print(f"{'entry':16} {'test acc':>15} {'probe acc (source)':>19} {'max |W^T W - I|':>16}")
     for label, res in results.items():
         ortho = f"{max(res['ortho'].values()):.1e}" if res["ortho"] else "-"
-        print(f"{label:16} {mean_sd(list(res['test'].values())):>15} {mean_sd(list(res['probe'].values())):>19} {ortho:>16}")
+        test, probe = mean_sd(list(res["test"].values())), mean_sd(list(res["probe"].values()))
+        print(f"{label:16} {test:>15} {probe:>19} {ortho:>16}")
     for ref in ("softmax-head@1", "softmax-head@8"):
         for what in ("test", "probe"):
             p = paired(results[ref][what], results["gcr@8"][what])
-            print(f"gcr@8 - {ref} {what}: {p.diff.mean:+.4f} [{p.diff.low:+.4f}, {p.diff.high:+.4f}] p = {p.p_value:.3f}")
+            print(f"gcr@8 - {ref} {what}: {p.diff.mean:+.4f} [{p.diff.low:+.4f}, {p.diff.high:+.4f}] "
+                  f"p = {p.p_value:.3f}")
 
 
 START = time.perf_counter()
@@ -190,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["digits-mlp"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--budget", type=float, default=0.05)
+    ap.add_argument("--budget", type=float, default=0.12)
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     ap.add_argument("--svfit-lr", type=float, nargs="+", default=[1e-2, 3e-2, 1e-1])
     ap.add_argument("--probe", type=int, default=256)
