@@ -34,6 +34,8 @@ from torch import nn
 from lowdim_bench.api import Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
 
+from ._features import head_inputs
+
 SHIFTS = ("transpose", "flip", "invert", "permute", "none")
 SPLIT_SEED = 20240501  # constant: the split never depends on the run's seed
 FRACTIONS = (0.6, 0.2, 0.2)
@@ -224,6 +226,17 @@ class DigitsTask(Task):
         finally:
             model.train(was_training)
         return correct / len(split)
+
+    def features(self, model: nn.Module, split: DigitsSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the head receives (n, d), labels (n,)) over the whole split, in order. digits-cnn
+        inherits it: there the features are the globally pooled channels."""
+        device = model_device(model)
+
+        def run() -> None:
+            for start in range(0, len(split), 1024):
+                model(split.x[start:start + 1024].to(device))
+
+        return head_inputs(model, run), split.y.clone()
 
     def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -26,10 +26,12 @@ from lowdim_bench.api import Inputs, Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench_builtin.tasks.digits_mlp import recipe_params
 
+from ._features import head_inputs
 from ._lm_model import ByteLM, LMConfig
 from ._stdlib_corpus import PARTS, MissingCorpusPart, load_corpus, stdlib_root
 
 EVAL_BATCH = 32  # windows per forward pass when evaluating
+FEATURE_WINDOWS = 16  # windows whose tokens `features` returns (16 x context rows)
 
 
 @dataclass
@@ -188,6 +190,15 @@ class StdlibLM(Task):
                 return bits_per_byte(model, split.data, starts, self.context)
         finally:
             model.train(was_training)
+
+    def features(self, model: nn.Module, split: ByteSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the head receives at each position (n, d_model), the next byte there (n,)) over
+        the first `FEATURE_WINDOWS` of the split's fixed evaluation windows: one row per token."""
+        starts = eval_starts(len(split), self.context, int(self.options["eval_windows"]))[:FEATURE_WINDOWS]
+        x, y = windows(split.data, starts, self.context)
+        device = model_device(model)
+        z = head_inputs(model, lambda: [model(x[i:i + EVAL_BATCH].to(device)) for i in range(0, len(x), EVAL_BATCH)])
+        return z.reshape(-1, z.shape[-1]), y.reshape(-1)
 
     def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
         g = torch.Generator().manual_seed(0)
