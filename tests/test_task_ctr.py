@@ -194,3 +194,22 @@ def test_criteo_task_runs_and_names_bad_lines(tmp_path):
     bad.write_text("x" + path.read_text()[1:])
     with pytest.raises(PluginError, match=r"bad.txt:1: label must be 0 or 1"):
         read_criteo(bad, 1, 0)
+
+
+def test_ctr_suite_loads_and_pairs_its_claims_with_rows():
+    from pathlib import Path
+
+    from lowdim_bench.registry import Registry
+    from lowdim_bench.suite import expand, load_suite
+
+    reg = Registry.load()
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "ctr.toml", reg)
+    cells = expand(suite, reg)
+    shown = {(c.task, c.alias or c.method, c.kind) for c in cells}
+    assert ("ctr-autoint", "dense-train", "train") in shown and ("ctr", "dense-train", "train") in shown
+    for claim in suite.claims:
+        for check in claim.checks:
+            for ref in (check.a, check.b):
+                assert (claim.task, ref.partition("@")[0], claim.kind) in shown
+    dnis = next(c for c in cells if c.method == "dnis")
+    assert dnis.recipe["steps"] + dnis.hparams["search_steps"] == CtrTask().recipe("pretrain").steps
