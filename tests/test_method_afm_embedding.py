@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from lowdim_bench.api import ApplyContext, Inputs
+from lowdim_bench.api import ApplyContext
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.testing import check_method
 from lowdim_bench_builtin.methods._embedding_factors import LowRankEmbedding

@@ -25,7 +25,6 @@ S - search_steps steps (see suites/ctr.toml) so total training is equal.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from typing import Any
@@ -196,11 +195,6 @@ class DnisMethod(Method):
                     mask[b, g * m.group:(g + 1) * m.group] = True
             out.append(mask)
         return out
-
-
-def searched_copy(method: DnisMethod, model: nn.Module, ctx: ApplyContext) -> nn.Module:
-    """A trainable copy of the searched (unpruned) model, for inspection."""
-    return copy.deepcopy(method.search(model, ctx)).requires_grad_(True)
 
 
 @hookimpl

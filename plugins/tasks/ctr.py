@@ -63,12 +63,12 @@ PARAMS: dict[str, Param] = {
     "att_layers": Param(3, int, low=1, help="AutoInt interacting layers"),
     "att_heads": Param(2, int, low=1, help="AutoInt attention heads"),
     "att_units": Param(32, int, low=1, help="AutoInt units per layer (all heads together)"),
-    "steps": Param(600, int, low=0, help="pretraining steps"),
+    "steps": Param(400, int, low=0, help="pretraining steps"),
     "batch_size": Param(256, int, low=1, help="batch size of every recipe"),
     "lr": Param(1e-2, float, low=0.0, help="pretraining learning rate"),
-    "finetune_steps": Param(300, int, low=0, help="adapt fine-tuning steps on the target stage"),
+    "finetune_steps": Param(200, int, low=0, help="adapt fine-tuning steps on the target stage"),
     "finetune_lr": Param(1e-2, float, low=0.0, help="adapt learning rate"),
-    "recover_steps": Param(200, int, low=0, help="compress recovery fine-tuning steps"),
+    "recover_steps": Param(150, int, low=0, help="compress recovery fine-tuning steps"),
     "recover_lr": Param(1e-3, float, low=0.0, help="compress recovery learning rate"),
 }
 
