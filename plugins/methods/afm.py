@@ -20,9 +20,13 @@ Choices (also in the report and docs):
   for the model and weight versions they came from, since the budget search applies many times.
 - Targets every nn.Linear except the head (`skip_modules`, as sltrain: "auto" skips Linears whose
   last name part is a head name, else the last Linear; or a list of name suffixes). Linears with
-  tied weights or owned by nn.MultiheadAttention stay dense. Embedding tables are out of scope
-  (the paper's E' = (E - mu^T) U_k with U_k fused into the next layer needs per-architecture
-  fusion); they stay dense.
+  tied weights or owned by nn.MultiheadAttention stay dense.
+- `embeddings` (default False, so models with tables keep their behaviour): every untied
+  nn.Embedding is compressed too, from the statistics of its looked-up vectors: E' = (E - mu^T)
+  U_k (V x k) with U_k and mu folded into the Linear that reads the concatenated tables when the
+  model declares one (`embedding_consumer()`), else kept as an explicit k -> d map with bias mu
+  (_embedding_factors.py). A table stays dense at k >= d (folded) or when its factored form would
+  not be smaller.
 - `skip_above_break_even` (default True): a layer whose AFM form would have at least as many
   parameters as the dense layer stays dense, so counts are min(AFM, dense) per layer, monotone in
   k (the budget search relies on it). With False, k is clamped to d_out.
@@ -41,7 +45,9 @@ from torch.nn.utils import skip_init
 
 from lowdim_bench.api import ApplyContext, Inputs, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import RECOVER, SKIP_ABOVE_BREAK_EVEN, SKIP_MODULES, as_rank, body_linears, check_suffixes, copy_swapping
+from lowdim_bench.layers import (RECOVER, SKIP_ABOVE_BREAK_EVEN, SKIP_MODULES, as_rank, body_linears, check_suffixes,
+                                 copy_swapping)
+from lowdim_bench_builtin.methods._embedding_factors import TableFactor, check_tables, fusable, table_swaps
 from lowdim_bench_builtin.methods.svd import FactoredLinear
 
 
@@ -89,10 +95,15 @@ def principal(stats: OutputStats) -> Principal:
     return Principal(stats.mean.clone(), evals.flip(0), evecs.flip(1).contiguous())
 
 
+def out_width(layer: nn.Module) -> int:
+    """Width of a layer's output: a Linear's out_features, an Embedding's embedding_dim."""
+    return layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features
+
+
 def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batches: Iterable[Any],
                     max_batches: int) -> dict[str, OutputStats]:
     """Output statistics of each layer over at most `max_batches` calibration batches."""
-    stats = {name: OutputStats.empty(lin.out_features) for name, lin in layers}
+    stats = {name: OutputStats.empty(out_width(lin)) for name, lin in layers}
     handles = [lin.register_forward_hook(lambda _m, _i, out, s=stats[name]: s.update(out)) for name, lin in layers]
     modes = {m: m.training for m in model.modules()}
     try:
@@ -155,7 +166,9 @@ class AfmMethod(Method):
     knob = Knob("k", 1, None)
     params = {"skip_modules": SKIP_MODULES,
               "calibration_batches": Param(8, int, low=1, help="calibration batches (of 64 training inputs) read"),
-              "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER}
+              "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER,
+              "embeddings": Param(False, bool, help="also compress embedding tables (E' = (E - mu^T) U_k, U_k fused "
+                                  "into the layer that reads them)")}
     targets = ("Linear",)
     identity_at_init = False
     description = "AFM: each Linear's outputs projected on their top-k principal directions from calibration data (mu + U U^T (y - mu)), as two Linears."
@@ -167,20 +180,24 @@ class AfmMethod(Method):
         cb = h["calibration_batches"]
         if isinstance(cb, bool) or not isinstance(cb, int) or cb < 1:
             raise PluginError(f"afm: calibration_batches must be an integer >= 1, got {cb!r}")
-        for key in ("recover", "skip_above_break_even"):
+        for key in ("recover", "skip_above_break_even", "embeddings"):
             if not isinstance(h[key], bool):
                 raise PluginError(f"afm: {key} must be true or false, got {h[key]!r}")
         self._cache: tuple[Any, tuple, dict[str, Principal]] | None = None
+        self._table_cache: tuple[Any, tuple, dict[str, Principal]] | None = None
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer compressed, in registration order: all but the head."""
         chosen = body_linears(model, self.hparams["skip_modules"], self.name)
-        if not chosen:
+        if not chosen and not self.hparams["embeddings"]:
             raise PluginError("afm: no Linear left to compress once the head is skipped")
         return chosen
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
-        return 1, max(lin.out_features for _, lin in self.select(model))
+        widths = [lin.out_features for _, lin in self.select(model)]
+        if self.hparams["embeddings"]:
+            widths += [t.embedding_dim for _, t in check_tables(model, self.name)]
+        return 1, max(widths)
 
     def layer_k(self, linear: nn.Linear, k: int) -> int | None:
         """The k this layer is compressed at, or None when it stays dense."""
@@ -206,11 +223,50 @@ class AfmMethod(Method):
         k = as_rank(size, self.name)
         layers = self.select(model)
         chosen = [(n, lin, self.layer_k(lin, k)) for n, lin in layers]
-        if all(kk is None for _, _, kk in chosen):
+        factors = self.table_factors(model, k, ctx)  # {} unless embeddings = true
+        if all(kk is None for _, _, kk in chosen) and not factors:
             return copy_swapping(model, [])
-        stats = self.statistics(model, layers, ctx)
-        swaps = [(lin, afm_linear(lin, stats[n], kk)) for n, lin, kk in chosen if kk is not None]
-        return copy_swapping(model, swaps)
+        tables, fused = table_swaps(model, factors)  # fused: the consumer Linear reading codes
+        stats = self.statistics(model, layers, ctx) if any(kk is not None for _, _, kk in chosen) else {}
+        swaps = [(lin, afm_linear(fused.get(n, lin), stats[n], kk)) for n, lin, kk in chosen if kk is not None]
+        done = {n for n, _, kk in chosen if kk is not None}
+        swaps += [(model.get_submodule(n), lin) for n, lin in fused.items() if n not in done]
+        return copy_swapping(model, swaps + tables)
+
+    # ---- embedding tables (embeddings = true) ---------------------------------------------
+    def table_k(self, table: nn.Embedding, k: int, folded: bool) -> int | None:
+        """The k this table is compressed at, or None when it stays dense."""
+        v, d = table.num_embeddings, table.embedding_dim
+        k = min(k, d)
+        if self.hparams["skip_above_break_even"]:
+            own = v * k if folded else v * k + d * k + d
+            if (folded and k >= d) or own >= v * d:
+                return None
+        return k
+
+    def table_factors(self, model: nn.Module, k: int, ctx: ApplyContext) -> dict[str, TableFactor]:
+        """E' = (E - mu^T) U_k per compressed table, from its looked-up vectors' statistics."""
+        if not self.hparams["embeddings"]:
+            return {}
+        tables = check_tables(model, self.name)
+        folded = fusable(model, [n for n, _ in tables])
+        chosen = [(n, t, self.table_k(t, k, folded)) for n, t in tables]
+        chosen = [(n, t, kk) for n, t, kk in chosen if kk is not None]
+        if not chosen:
+            return {}
+        key = tuple((n, id(t.weight), t.weight._version) for n, t, _ in chosen)
+        if self._table_cache is not None and self._table_cache[0]() is model and self._table_cache[1] == key:
+            stats = self._table_cache[2]
+        else:
+            raw = collect_outputs(model, [(n, t) for n, t, _ in chosen], ctx.calibration(),
+                                  int(self.hparams["calibration_batches"]))
+            stats = {n: principal(s) for n, s in raw.items()}
+            self._table_cache = (weakref.ref(model), key, stats)
+        out = {}
+        for n, t, kk in chosen:
+            u = stats[n].eigenvectors[:, :kk]
+            out[n] = TableFactor((t.weight.detach().double().cpu() - stats[n].mean) @ u, u, stats[n].mean)
+        return out
 
 
 @hookimpl

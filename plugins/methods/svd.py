@@ -19,6 +19,11 @@ Choices (also in the report and docs):
   changes them with [methods.NAME.recipe]).
 - The SVD of each original weight is cached while that tensor lives and is unchanged (keyed by
   tensor identity and version), because the budget search applies the method several times.
+- `embeddings` (default False, so models with tables keep their behaviour): every untied
+  nn.Embedding E (V x d) is factored too, E ~ (U_r S_r^1/2)(S_r^1/2 V_r^T): codes V x r and a map
+  r x d, the map folded into the Linear that reads the concatenated tables when the model
+  declares one (`embedding_consumer()`), else kept after the lookup (_embedding_factors.py). A
+  table stays dense at r >= d (folded) or at r (V + d) >= V d.
 """
 from __future__ import annotations
 
@@ -29,9 +34,11 @@ from torch import nn
 from torch.nn.utils import skip_init
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import RECOVER, SKIP_ABOVE_BREAK_EVEN, TARGET_MODULES, as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import (RECOVER, SKIP_ABOVE_BREAK_EVEN, TARGET_MODULES, as_rank, check_suffixes, copy_swapping,
+                                 find_layers, split_by_suffixes)
+from lowdim_bench_builtin.methods._embedding_factors import TableFactor, check_tables, fusable, table_swaps
 
 # weight tensor -> (its _version when decomposed, U, S, Vh) in float64
 _SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -114,7 +121,9 @@ class SvdMethod(Method):
     name = "svd"
     kind = "compress"
     knob = Knob("rank", 1, None)
-    params = {"target_modules": TARGET_MODULES, "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER}
+    params = {"target_modules": TARGET_MODULES, "skip_above_break_even": SKIP_ABOVE_BREAK_EVEN, "recover": RECOVER,
+              "embeddings": Param(False, bool, help="also factor embedding tables (E = (U_r S_r^1/2)(S_r^1/2 V_r^T), "
+                                  "V fused into the layer that reads them where it can be)")}
     targets = ("Linear",)
     identity_at_init = False
     description = "LoRD one-shot truncated SVD: each Linear -> (U_r S_r^1/2)(S_r^1/2 V_r^T); layers at/above break-even rank stay dense."
@@ -123,8 +132,9 @@ class SvdMethod(Method):
         super().__init__(**hparams)
         h = self.hparams
         check_suffixes(h["target_modules"], "all", method="svd", hparam="target_modules")
-        if not isinstance(h["recover"], bool):
-            raise PluginError(f"svd: recover must be true or false, got {h['recover']!r}")
+        for key in ("recover", "embeddings"):
+            if not isinstance(h[key], bool):
+                raise PluginError(f"svd: {key} must be true or false, got {h[key]!r}")
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
         """(name, Linear) of every layer this method may factor, in registration order."""
@@ -137,18 +147,43 @@ class SvdMethod(Method):
         return found
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
-        return 1, max(min(m.in_features, m.out_features) for _, m in self.select(model))
+        ranks = [min(m.in_features, m.out_features) for _, m in self.select(model)]
+        if self.hparams["embeddings"]:
+            ranks += [min(t.num_embeddings, t.embedding_dim) for _, t in check_tables(model, self.name)]
+        return 1, max(ranks)
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
         rank = as_rank(size, self.name)
         skip = bool(self.hparams["skip_above_break_even"])
         # Factor from the original weights, so the SVD cache hits across applies.
-        swaps = []
-        for _, linear in self.select(model):
-            r = layer_rank(linear, rank, skip)
+        tables, fused = table_swaps(model, self.table_factors(model, rank, skip))
+        swaps, selected = [], self.select(model)
+        for name, linear in selected:
+            r = layer_rank(fused.get(name, linear), rank, skip)
             if r is not None:
-                swaps.append((linear, factor_linear(linear, r)))
-        return copy_swapping(model, swaps)
+                swaps.append((linear, factor_linear(fused.get(name, linear), r)))
+            elif name in fused:
+                swaps.append((linear, fused[name]))
+        names = {n for n, _ in selected}
+        swaps += [(model.get_submodule(n), lin) for n, lin in fused.items() if n not in names]
+        return copy_swapping(model, swaps + tables)
+
+    def table_factors(self, model: nn.Module, rank: int, skip: bool) -> dict[str, TableFactor]:
+        """Codes U_r S_r^1/2 and map (S_r^1/2 V_r^T)^T of each factored table (embeddings = true)."""
+        if not self.hparams["embeddings"]:
+            return {}
+        tables = check_tables(model, self.name)
+        folded = fusable(model, [n for n, _ in tables])
+        out = {}
+        for name, t in tables:
+            v, d = t.num_embeddings, t.embedding_dim
+            r = min(rank, v, d)
+            if skip and ((folded and r >= d) or (not folded and r * (v + d) >= v * d)):
+                continue
+            u, s, vh = svd64(t.weight)
+            root = s[:r].sqrt()
+            out[name] = TableFactor(u[:, :r] * root[None, :], (root[:, None] * vh[:r]).t())
+        return out
 
 
 @hookimpl
