@@ -182,7 +182,9 @@ def classify(exc: BaseException) -> str:
     """A short reason for a failed cell."""
     if isinstance(exc, NonFiniteLoss):
         return f"non-finite loss: {exc}"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(s in text for s in ("out of memory", "can't allocate memory",
+                                                                "cannot allocate memory")):
         return f"out of memory: {type(exc).__name__}: {str(exc)[:300]}"
     return f"{type(exc).__name__}: {str(exc)[:500]}"
 
@@ -202,6 +204,8 @@ def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = Non
         registry = registry or Registry.load()
         CellRun(cell, run_id, send, registry, device, run_dir).run()
     except BaseException as exc:  # a plugin may raise anything, even SystemExit
+        traceback.clear_frames(exc.__traceback__)  # the failed frames' tensors go before we format anything
+        gc.collect()
         failure = (classify(exc), records.cap_text(traceback.format_exc()))
     if failure is None:
         send(ev.CellDone(cell.key))
