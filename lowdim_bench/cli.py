@@ -14,12 +14,15 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import __version__, gate, intrinsic_dim, report
-from .registry import PluginLoadError, Registry
-from .run import events as ev
-from .run.executor import resolve_device
-from .run.runner import run_cells
-from .suite import SuiteError, expand, load_suite
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+# The run machinery (registry, suite, runner) imports torch, report/gate import polars: each
+# command imports what it needs, so `lowdim-bench` alone paints the app before either loads.
 
 USAGE_ERROR = 2
 
@@ -32,7 +35,9 @@ class ProgressPrinter:
         self.total = self.done = self.failed = 0
         self.current = ""
 
-    def __call__(self, e: ev.Event) -> None:
+    def __call__(self, e) -> None:
+        from .run import events as ev
+
         if isinstance(e, ev.RunStarted):
             self.total, self.done = e.total, e.skipped
             self.line(f"run {e.run_id}: {e.total} cells ({e.skipped} already done) -> {e.run_dir}", keep=True)
@@ -69,6 +74,8 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import gate
+
     p = argparse.ArgumentParser(prog="lowdim-bench", description="Compare low-dimensional methods on standard suites.")
     p.add_argument("--version", action="version", version=f"lowdim-bench {__version__}")
     p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is an error (CI)")
@@ -118,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(s, fmt: str) -> None:
+    from . import report
+
     if fmt == "json":
         print(json.dumps(s.to_dicts(), default=str, indent=1))
     elif fmt == "markdown":
@@ -137,6 +146,8 @@ def _print_claims(run_dir: Path) -> None:
 
 
 def resolve_suite(name: str, registry: Registry) -> Path:
+    from .suite import SuiteError
+
     path = Path(name)
     if path.exists():
         return path
@@ -148,6 +159,11 @@ def resolve_suite(name: str, registry: Registry) -> Path:
 
 
 def cmd_run(args, registry: Registry) -> int:
+    from . import intrinsic_dim, report
+    from .run.executor import resolve_device
+    from .run.runner import run_cells
+    from .suite import SuiteError, expand, load_suite
+
     if args.resume:
         if args.suites:
             raise SuiteError("--resume takes the run folder only; the suite comes from it")
@@ -221,6 +237,8 @@ def cmd_list(args, registry: Registry) -> int:
 
 
 def cmd_compare(args) -> int:
+    from . import gate, report
+
     tolerances = gate.parse_spec(args.fail_on)  # a bad spec is a usage error before anything loads
     base, new = report.load(args.a), report.load(args.b)
     if args.deltas:
@@ -244,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         from .tui.app import main as app_main  # lazy: the headless path never imports Textual
 
         return app_main([])
+    from . import intrinsic_dim, report
+    from .registry import PluginLoadError, Registry
+    from .suite import SuiteError
+
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()

@@ -14,15 +14,16 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.markup import escape
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
-from . import model
+from . import chartdata, model
 from .screens.modals import HelpScreen, QuitScreen, TextScreen
 from .screens.views import CompareScreen, DetailScreen, PluginsScreen
 from .session import RunSession, Update, finish_headless, prepare_processes
@@ -33,6 +34,7 @@ from .widgets.run_panel import RunPanel
 from .widgets.setup import SetupPane
 
 TABS = ["tab-setup", "tab-run", "tab-results", "tab-reports"]
+RUNS_POLL_S = 2.0  # the reports list follows runs started or finished elsewhere within this
 MAIN_WIDGET = {"tab-setup": "#suites", "tab-run": "#log", "tab-results": "#results-table", "tab-reports": "#runs"}
 
 
@@ -97,6 +99,8 @@ class LowdimApp(App[int]):
         self.live_table: model.TableData | None = None
         self._filter_timer: Any = None
         self._chart_timer: Any = None
+        self._estimate_timer: Any = None
+        self._runs_signature: tuple | None = None
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -119,6 +123,7 @@ class LowdimApp(App[int]):
         self.load_catalog()
         self.load_runs()
         self.set_interval(1.0, self.tick)
+        self.set_interval(RUNS_POLL_S, self.poll_runs)
 
     @property
     def running(self) -> bool:
@@ -148,8 +153,16 @@ class LowdimApp(App[int]):
 
     @work(thread=True, exclusive=True, group="runs")
     def load_runs(self) -> None:
+        self._runs_signature = model.runs_signature(self.reports_dir)
         runs = model.list_runs(self.reports_dir)
-        self.call_from_thread(self.query_one(RunsTable).set_runs, runs)
+        self.call_from_thread(self._each, RunsTable, "set_runs", runs)
+
+    @work(thread=True, exclusive=True, group="poll")
+    def poll_runs(self) -> None:
+        """Stat the run folders (no reads); reload the list when one started, moved on or finished,
+        in this app or outside it (a headless run, the CLI)."""
+        if model.runs_signature(self.reports_dir) != self._runs_signature:
+            self.call_from_thread(self.load_runs)
 
     def on_runs_table_reload(self, _: RunsTable.Reload) -> None:
         self.load_runs()
@@ -157,6 +170,34 @@ class LowdimApp(App[int]):
     # ---- setup --------------------------------------------------------------------------------
     def on_setup_pane_suite_chosen(self, event: SetupPane.SuiteChosen) -> None:
         self.choose_suite(event.suite)
+
+    def on_setup_pane_changed(self, _: SetupPane.Changed) -> None:
+        """Re-estimate 300 ms after the last change (typing a seed list estimates once)."""
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        self._estimate_timer = self.set_timer(0.3, self.start_estimate)
+
+    def start_estimate(self) -> None:
+        setup = self.query_one(SetupPane)
+        if self.suite is None or self.registry is None or self.running:
+            return
+        if setup.errors:
+            setup.show_estimate("")
+            return
+        self.estimate(self.suite, setup.current())
+
+    @work(thread=True, exclusive=True, group="estimate")
+    def estimate(self, suite: Any, sel: model.Selection) -> None:
+        """Cells of the selection (the same planning F5 uses) and their time from past runs."""
+        try:
+            cells, _ = model.plan_cells(suite, self.registry, sel)
+            jobs = model.parse_jobs(sel.jobs)
+        except Exception as e:  # the selection cannot run: F5 will say why; say it here too
+            text = f"[red]{escape(str(e))}[/]"
+        else:
+            durations, source = model.past_durations(self.reports_dir, suite.name)
+            text = escape(model.estimate(cells, durations, source, jobs))
+        self.call_from_thread(self._each, SetupPane, "show_estimate", text)
 
     def choose_suite(self, info: model.SuiteInfo, use_saved: bool = True) -> None:
         from ..suite import SuiteError
@@ -223,7 +264,7 @@ class LowdimApp(App[int]):
         self.query_one(ResultsTable).set_data(model.TableData([], [], {}))
         setup.set_running(True)
         self.sub_title = f"running {meta['name']}: {len(cells)} cells"
-        self.query_one(TabbedContent).active = "tab-run"
+        self.show_tab("tab-run")
         self.run_worker(self.session.run, thread=True, group="run", name="run", exit_on_error=False)
 
     def action_cancel(self) -> None:
@@ -242,6 +283,9 @@ class LowdimApp(App[int]):
         panel = self.query_one(RunPanel)
         panel.update_state(u.state)
         panel.add_lines(u.log)
+        if u.state.run_id and not any(r.run_id == u.state.run_id for r in self.query_one(RunsTable).runs) \
+                and self._runs_signature is not None:
+            self._runs_signature = None  # the run folder exists now: list it at the next poll
         if u.table is not None:
             self.live_table = u.table
             if self.view_source == "live":
@@ -277,7 +321,10 @@ class LowdimApp(App[int]):
         """Charts redraw 150 ms after the last change (cursor moves, filter, new records)."""
         if self._chart_timer is not None:
             self._chart_timer.stop()
-        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each(ChartPane, "show_rows", e.rows, e.selected))
+        data = self.query_one(ResultsTable).data
+        colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
+        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each(ChartPane, "show_rows", e.rows, e.selected,
+                                                                            colors))
 
     def _each(self, widget: type, method: str, *args: Any) -> None:
         """A deferred call; the widget may be gone when the app is closing."""
@@ -289,16 +336,16 @@ class LowdimApp(App[int]):
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
         self.query_one("#filter", Input).focus()
+        self.query_one(TabbedContent).active = "tab-results"
 
     def action_cycle_chart(self) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.query_one(ChartPane).remove_class("hidden")
         self.notify(self.query_one(ChartPane).cycle(), timeout=1.5)
 
     def action_show_chart(self, index: int) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.query_one(ChartPane).remove_class("hidden")
         self.query_one(ChartPane).show_chart(index)
 
@@ -306,13 +353,13 @@ class LowdimApp(App[int]):
         self.query_one(ChartPane).toggle_class("hidden")
 
     def action_sort(self, column: str) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.query_one(ResultsTable).sort_by(column)
 
     def action_show_live(self) -> None:
         self.view_source = "live"
         self.query_one(ResultsTable).set_data(self.live_table or model.TableData([], [], {}))
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
 
     def action_traceback(self) -> None:
         failures = self.query_one(RunPanel).failures
@@ -337,7 +384,7 @@ class LowdimApp(App[int]):
     def show_past_run(self, run: model.RunInfo, data: model.TableData) -> None:
         self.view_source = run.run_id
         self.query_one(ResultsTable).set_data(data)
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.sub_title = f"viewing {run.run_id} ({run.status}, {len(data.rows)} rows)"
 
     def on_runs_table_compare(self, event: RunsTable.Compare) -> None:
@@ -369,7 +416,14 @@ class LowdimApp(App[int]):
 
     # ---- screens, tabs, palette, quit ---------------------------------------------------------
     def action_tab(self, index: int) -> None:
-        self.query_one(TabbedContent).active = TABS[index]
+        self.show_tab(TABS[index])
+
+    def show_tab(self, pane_id: str) -> None:
+        """Switch tab and move the focus into it in one step. Switching alone leaves the focus on
+        a widget of the old tab, which Textual then hands to a neighbour in that tab, and the
+        tab switches back (F5 typed in the Budgets field stayed on Setup)."""
+        self.focus_main(pane_id)
+        self.query_one(TabbedContent).active = pane_id
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         """Focus follows the tab, so its keys (and 1-4) work at once; a field focused on
@@ -379,8 +433,10 @@ class LowdimApp(App[int]):
             self.focus_main(pane.id)
 
     def focus_main(self, pane_id: str | None) -> None:
+        """The tab's main widget, or the tab strip when it cannot take the focus (an empty table)."""
         if pane_id in MAIN_WIDGET:
-            self.query_one(MAIN_WIDGET[pane_id]).focus()
+            widget = self.query_one(MAIN_WIDGET[pane_id])
+            (widget if widget.focusable else self.query_one(TabbedContent).query_one(Tabs)).focus()
 
     def action_focus_main(self) -> None:
         self.focus_main(self.query_one(TabbedContent).active)
@@ -395,7 +451,7 @@ class LowdimApp(App[int]):
         self.push_screen(HelpScreen())
 
     def run_suite(self, info: model.SuiteInfo) -> None:
-        self.query_one(TabbedContent).active = "tab-setup"
+        self.show_tab("tab-setup")
         self.choose_suite(info)
         self.action_start()
 
@@ -445,8 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: must be at least 1")
     app = LowdimApp(args.suites, args.reports, jobs=args.jobs)
-    code = app.run()
-    return int(code or 0)
+    app.run()
+    return exit_code(app)
+
+
+def exit_code(app: App) -> int:
+    """The app's return code: 0 on a normal quit, non-zero after an unhandled exception (App.run
+    returns None then, which must not read as success)."""
+    return int(app.return_code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,7 @@ class RunPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("idle: pick a suite on the Setup tab and press F5", id="run-state")
         yield ProgressBar(total=1, show_eta=False, id="run-progress")
-        yield Static("", id="run-current")
+        yield Static("", id="run-current", markup=False)
         yield RichLog(id="log", wrap=True, markup=False, max_lines=5000)
 
     def update_state(self, state: RunState) -> None:

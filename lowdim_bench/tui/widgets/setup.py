@@ -21,6 +21,9 @@ class SetupPane(Horizontal):
             super().__init__()
             self.suite = suite
 
+    class Changed(Message):
+        """Methods, tasks or an override changed: the cells-and-time estimate is stale."""
+
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.catalog: model.Catalog | None = None
@@ -34,7 +37,7 @@ class SetupPane(Horizontal):
         with Vertical(id="method-col"):
             yield Label("Methods (by kind · plugin)", classes="heading")
             yield SelectionList(id="methods")
-        with VerticalScroll(id="options-col"):
+        with VerticalScroll(id="options-col", can_focus=False):  # its fields take the focus, not it
             yield Label("Tasks", classes="heading")
             yield SelectionList(id="tasks")
             yield Label("Device", classes="heading")
@@ -46,6 +49,7 @@ class SetupPane(Horizontal):
             yield Label("Parallel jobs (CPU)", classes="heading")
             yield Input("1", id="jobs")
             yield Static("", id="validation")
+            yield Static("", id="estimate")
             with Horizontal(id="run-buttons"):
                 yield Button("Start  F5", id="start", variant="success")
                 yield Button("Cancel  F6", id="cancel", variant="error", disabled=True)
@@ -115,7 +119,14 @@ class SetupPane(Horizontal):
         self.query_one("#suite-info", Static).update(text + (f"\n[dim]{note}[/]" if note else ""))
 
     # ---- validation as you type ---------------------------------------------------------------
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.post_message(self.Changed())
+
+    def show_estimate(self, text: str) -> None:
+        self.query_one("#estimate", Static).update(text)
+
     def on_input_changed(self, event: Input.Changed) -> None:
+        self.post_message(self.Changed())
         parse = {"budgets": model.parse_budgets, "seeds": model.parse_seeds, "jobs": model.parse_jobs}.get(event.input.id)
         if parse is None:
             return
