@@ -13,7 +13,6 @@ import json
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from . import __version__

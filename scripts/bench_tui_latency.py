@@ -182,7 +182,8 @@ def main() -> None:
         running = lambda: run_status(work) == "running"
         busy = sample(tmux, args.samples, keep=running)
         print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy)}")
-        tmux.keys("Escape")
+        tmux.keys("Escape")  # leave the filter box; alone, or the terminal reads Escape+2 as one key
+        time.sleep(0.5)
         tabs = switches(tmux, args.samples // 2, keep=running)
         print(f"tab switch (2 <-> 3) during the run: {stats(tabs)}")
         f1 = helps(tmux, max(5, args.samples // 10), keep=running)

@@ -14,20 +14,20 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.markup import escape
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Provider
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tabs
+from textual.widgets import Header, Input, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
 from . import chartdata, model
+from .commands import AppCommands, palette_commands
 from .screens.modals import HelpScreen, QuitScreen, TextScreen
 from .screens.views import CompareScreen, DetailScreen, PluginsScreen
 from .session import RunSession, Update, finish_headless, prepare_processes
 from .widgets.charts import ChartPane
+from .widgets.footer import QuietFooter
 from .widgets.reports import ReportsPane, RunsTable
 from .widgets.results import ResultsTable
 from .widgets.run_panel import RunPanel
@@ -42,21 +42,6 @@ class RunUpdated(Message):
     def __init__(self, update: Update) -> None:
         super().__init__()
         self.update = update
-
-
-class AppCommands(Provider):
-    """Command palette entries: the main actions, one per suite, report and chart."""
-
-    async def discover(self):
-        for name, callback, help_text in self.app.palette_commands()[:12]:
-            yield DiscoveryHit(name, callback, help=help_text)
-
-    async def search(self, query: str):
-        matcher = self.matcher(query)
-        for name, callback, help_text in self.app.palette_commands():
-            score = matcher.match(name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
 class LowdimApp(App[int]):
@@ -99,7 +84,6 @@ class LowdimApp(App[int]):
         self.live_table: model.TableData | None = None
         self._filter_timer: Any = None
         self._chart_timer: Any = None
-        self._estimate_timer: Any = None
         self._runs_signature: tuple | None = None
 
     # ---- layout -------------------------------------------------------------------------------
@@ -111,12 +95,13 @@ class LowdimApp(App[int]):
             with TabPane("Run", id="tab-run"):
                 yield RunPanel(id="run-panel")
             with TabPane("Results", id="tab-results"):
-                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )", id="filter")
+                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )   ·  s sort  k next kind  "
+                            "c chart  enter detail", id="filter")
                 yield ResultsTable(id="results-table")
                 yield ChartPane(id="charts")
             with TabPane("Reports", id="tab-reports"):
                 yield ReportsPane(id="reports")
-        yield Footer()
+        yield QuietFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "loading plugins…"
@@ -171,34 +156,6 @@ class LowdimApp(App[int]):
     def on_setup_pane_suite_chosen(self, event: SetupPane.SuiteChosen) -> None:
         self.choose_suite(event.suite)
 
-    def on_setup_pane_changed(self, _: SetupPane.Changed) -> None:
-        """Re-estimate 300 ms after the last change (typing a seed list estimates once)."""
-        if self._estimate_timer is not None:
-            self._estimate_timer.stop()
-        self._estimate_timer = self.set_timer(0.3, self.start_estimate)
-
-    def start_estimate(self) -> None:
-        setup = self.query_one(SetupPane)
-        if self.suite is None or self.registry is None or self.running:
-            return
-        if setup.errors:
-            setup.show_estimate("")
-            return
-        self.estimate(self.suite, setup.current())
-
-    @work(thread=True, exclusive=True, group="estimate")
-    def estimate(self, suite: Any, sel: model.Selection) -> None:
-        """Cells of the selection (the same planning F5 uses) and their time from past runs."""
-        try:
-            cells, _ = model.plan_cells(suite, self.registry, sel)
-            jobs = model.parse_jobs(sel.jobs)
-        except Exception as e:  # the selection cannot run: F5 will say why; say it here too
-            text = f"[red]{escape(str(e))}[/]"
-        else:
-            durations, source = model.past_durations(self.reports_dir, suite.name)
-            text = escape(model.estimate(cells, durations, source, jobs))
-        self.call_from_thread(self._each, SetupPane, "show_estimate", text)
-
     def choose_suite(self, info: model.SuiteInfo, use_saved: bool = True) -> None:
         from ..suite import SuiteError
 
@@ -216,6 +173,7 @@ class LowdimApp(App[int]):
         setup.show_suite(info, "saved selection (ctrl+d: suite's own)" if saved else
                          f"{len(own.methods)} methods × {len(own.tasks)} tasks, budgets {self.suite.budgets}, "
                          f"seeds {self.suite.seeds}")
+        setup.changed()  # the cells-and-time estimate of this selection
 
     def action_save_selection(self) -> None:
         if self.suite_info is None:
@@ -336,6 +294,9 @@ class LowdimApp(App[int]):
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
+        if isinstance(self.screen, CompareScreen):  # `/` is a priority key: the screen's own filter
+            self.screen.action_focus_filter()
+            return
         self.query_one("#filter", Input).focus()
         self.query_one(TabbedContent).active = "tab-results"
 
@@ -456,25 +417,7 @@ class LowdimApp(App[int]):
         self.action_start()
 
     def palette_commands(self) -> list[tuple[str, Callable[[], Any], str]]:
-        cmds: list[tuple[str, Callable[[], Any], str]] = [
-            ("Start run", self.action_start, "run the Setup tab's selection (F5)"),
-            ("Cancel run", self.action_cancel, "stop the cells in flight (F6)"),
-            ("Compare marked reports", self.action_compare_marked, "per-metric deltas of the two marked runs"),
-            ("Toggle charts", self.action_toggle_charts, "show or hide the chart pane (v)"),
-            ("Show live run", self.action_show_live, "back to the run in progress in the table"),
-            ("Export view", self.action_export, "write the rows shown as report files (e)"),
-            ("Plugins", self.action_plugins, "every plugin and its load error (F2)"),
-            ("Help", self.action_help, "keys and markers (F1)"),
-        ]
-        cmds += [(f"Show chart: {name}", lambda i=i: self.action_show_chart(i), "") for i, name in enumerate(model.CHARTS)]
-        for info in self.catalog.suites if self.catalog else []:
-            cmds.append((f"Run suite {info.name}", lambda info=info: self.run_suite(info), str(info.path)))
-        for run in self.query_one(RunsTable).runs:
-            cmds.append((f"Open report {run.run_id}", lambda run=run: self.open_run(run), f"{run.suite}, {run.status}"))
-        table = self.query_one(ResultsTable)
-        for col, header in table.data.columns if table.data else []:
-            cmds.append((f"Sort by {header}", lambda col=col: self.action_sort(col), ""))
-        return cmds
+        return palette_commands(self)
 
     async def action_quit(self) -> None:
         if not self.running:

@@ -187,6 +187,8 @@ class ChartPane(Vertical):
         super().__init__(**kw)
         self.rows: list[model.Row] = []
         self.selected: model.Row | None = None
+        self._drawn: tuple | None = None
+        self._legend, self._legend_spans = "", []
 
     def compose(self) -> ComposeResult:
         with ContentSwitcher(initial="chart-params", id="chart-switcher"):
@@ -210,14 +212,24 @@ class ChartPane(Vertical):
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
                   colors: dict[str, tuple[int, int, int]] | None = None) -> None:
-        self.rows, self.selected = rows, selected
+        """Redraw for new rows or another selected row; the same rows again (a keystroke in the
+        filter that matches the same rows) cost nothing."""
         colors = colors if colors is not None else cd.method_colors(rows)
+        key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())))
+        if key == self._drawn:
+            return
+        self._drawn = key
+        self.rows, self.selected = rows, selected
         for chart in self.charts:
             chart.show_rows(rows, selected, colors)
         self.update_legend()
 
     def update_legend(self) -> None:
-        self.query_one("#chart-legend", Static).update(self.current.legend)
+        """Only when it changed: updating a Static lays the screen out again."""
+        legend = self.current.legend
+        if legend.plain != self._legend or legend.spans != self._legend_spans:
+            self._legend, self._legend_spans = legend.plain, list(legend.spans)
+            self.query_one("#chart-legend", Static).update(legend)
 
     def cycle(self) -> str:
         ids = [c.id for c in self.charts]

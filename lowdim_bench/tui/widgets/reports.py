@@ -13,8 +13,9 @@ from .. import model
 
 
 class RunsTable(DataTable):
-    BINDINGS = [Binding("space", "mark", "Mark"), Binding("o", "open", "Open"), Binding("d", "compare", "Compare"),
-                Binding("R", "reload", "Reload")]
+    BINDINGS = [Binding("space", "mark", "Mark", show=False), Binding("o", "open", "Open", show=False),
+                Binding("d", "compare", "Compare", show=False), Binding("R", "reload", "Reload", show=False)]
+    # not in the footer (the heading line lists them): a footer that changes with the tab recomposes
 
     class Open(Message):
         def __init__(self, run: model.RunInfo) -> None:

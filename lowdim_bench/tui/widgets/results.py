@@ -20,10 +20,10 @@ LEFT = {"mark", "task", "kind", "method", "size", "status"}
 
 class ResultsTable(DataTable):
     BINDINGS = [
-        Binding("s", "sort_next", "Sort"),
+        Binding("s", "sort_next", "Sort", show=False),  # shown in the filter line: a steady footer
         Binding("S", "sort_flip", "Flip sort", show=False),
         Binding("k", "next_group", "Next kind", show=False),
-        Binding("enter", "open_detail", "Detail"),
+        Binding("enter", "open_detail", "Detail", show=False),
     ]
 
     class RowsChanged(Message):
