@@ -80,6 +80,13 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> tuple[list[float], list[str]
     return ticks, [f"{t:.{decimals}f}" for t in ticks]
 
 
+def axis_range(ticks: list[float], lo: float, hi: float, pad: float = 0.0) -> tuple[float, float]:
+    """An axis that holds every point (lo..hi) and every tick, widened by `pad` of its span."""
+    lo, hi = min([lo, *ticks]), max([hi, *ticks])
+    span = (hi - lo) or 1.0
+    return lo - pad * span, hi + pad * span
+
+
 def log2_ticks(sizes: list[int]) -> tuple[list[float], list[str]]:
     """Batch sizes on a log-2 axis: a tick at every power of two between the smallest and largest."""
     if not sizes:

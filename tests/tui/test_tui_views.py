@@ -2,6 +2,7 @@
 one Pareto chart per task and kind, ties as ranges, human units, interleaved ratios, cell counts."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -27,6 +28,9 @@ def test_log_ticks_sit_at_round_values():
     assert cd.log_ticks(2344, 7825)[1] == ["2k", "5k", "10k"]  # a narrow range: the round values around it
     assert cd.log_ticks(120, 3.2e6)[1] == ["1k", "10k", "100k", "1M"]  # wide: powers of ten only
     assert cd.log2_ticks([1, 64])[1] == ["1", "2", "4", "8", "16", "32", "64"]
+    pos, _ = cd.log_ticks(2344, 26122)  # the smoke baseline's adapt rows: round ticks inside the data
+    lo, hi = cd.axis_range(pos, math.log10(2344), math.log10(26122), 0.04)
+    assert lo < math.log10(2344) and hi > math.log10(26122)  # and the axis still holds every point
     ticks, labels = cd.nice_ticks(0.8467, 0.9123)
     assert labels[0] == "0.84" and labels[-1] == "0.92" and all(len(x) <= 4 for x in labels)
     assert ticks[0] <= 0.8467 and ticks[-1] >= 0.9123

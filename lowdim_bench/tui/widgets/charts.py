@@ -24,6 +24,7 @@ from .. import chartdata as cd
 from .. import model
 
 DOT, SELECTED = "●", "◆"
+LINE, RANGE = "·", "│"  # cell-aligned: plotext draws braille lines half a row off the markers
 
 
 class Chart(PlotextPlot):
@@ -73,14 +74,13 @@ class Chart(PlotextPlot):
         self.legend.append(f"{name}   ")
 
 
-def axis(plt, which: str, ticks: tuple[list[float], list[str]], pad: float = 0.0) -> None:
-    """Ticks at the given positions; the axis spans them, widened by `pad` of the span each side
-    (points on the first or last tick are not drawn on the frame)."""
+def axis(plt, which: str, ticks: tuple[list[float], list[str]], lo: float, hi: float, pad: float = 0.0) -> None:
+    """Ticks at the given positions; the axis spans the data (lo..hi) and the ticks, widened by
+    `pad` of the span each side (points at the ends are not drawn on the frame)."""
     pos, labels = ticks
     if pos:
         (plt.xticks if which == "x" else plt.yticks)(pos, labels)
-        span = (max(pos) - min(pos)) or 1.0
-        (plt.xlim if which == "x" else plt.ylim)(min(pos) - pad * span, max(pos) + pad * span)
+    (plt.xlim if which == "x" else plt.ylim)(*cd.axis_range(pos, lo, hi, pad))
 
 
 def label(plt, text: str, x: float, y: float, lo: float, hi: float, color, marker: str, bold: bool) -> None:
@@ -110,12 +110,12 @@ class QualityChart(Chart):
         xs = [tx(p.x) for p in view.points]
         ys = [p.y for p in view.points] + [p.y + s * p.ci for p in view.ranges() for s in (-1, 1)]
         xmin, xmax = min(p.x for p in view.points), max(p.x for p in view.points)
-        axis(plt, "x", cd.log_ticks(xmin, xmax) if view.log_x else cd.nice_ticks(xmin, xmax), pad=0.04)
-        axis(plt, "y", cd.nice_ticks(min(ys), max(ys), n=4), pad=0.05)
+        axis(plt, "x", cd.log_ticks(xmin, xmax) if view.log_x else cd.nice_ticks(xmin, xmax), min(xs), max(xs), 0.04)
+        axis(plt, "y", cd.nice_ticks(min(ys), max(ys), n=4), min(ys), max(ys), 0.05)
         if len(view.front) > 1:
-            plt.plot([tx(x) for x, _ in view.front], [y for _, y in view.front], marker="braille", color=cd.FRONT_COLOR)
+            plt.plot([tx(x) for x, _ in view.front], [y for _, y in view.front], marker=LINE, color=cd.FRONT_COLOR)
         for p in view.ranges():
-            plt.plot([tx(p.x)] * 2, [p.y - p.ci, p.y + p.ci], marker="braille", color=self.method_colors.get(p.method))
+            plt.plot([tx(p.x)] * 2, [p.y - p.ci, p.y + p.ci], marker=RANGE, color=self.method_colors.get(p.method))
         for p in view.points:
             color = self.method_colors.get(p.method, cd.PALETTE[0])
             marker = SELECTED if p.selected else DOT
@@ -147,7 +147,7 @@ class MemoryChart(Chart):
         plt.title(f"{view.task}: training-step memory (MiB) by part")
         plt.stacked_bar(view.labels, [view.parts[p] for p in cd.MEMORY_PARTS], orientation="horizontal",
                         color=cd.MEMORY_COLORS, width=0.6)
-        axis(plt, "x", cd.nice_ticks(0.0, max(view.totals) * 1.02))
+        axis(plt, "x", cd.nice_ticks(0.0, max(view.totals) * 1.02), 0.0, max(view.totals))
         plt.xlabel("MiB (parameters + gradients + optimizer state + activations)")
         for part, color in zip(cd.MEMORY_PARTS, cd.MEMORY_COLORS):
             self.key(part, color, "█")
@@ -163,15 +163,15 @@ class LatencyChart(Chart):
             plt.title(f"{self.title}: no latency records yet")
             return
         plt.title(f"{view.task} · {view.kind}: inference latency p50 (ms) by batch size")
-        axis(plt, "x", cd.log2_ticks(view.sizes), pad=0.04)
-        axis(plt, "y", cd.nice_ticks(0.0, max(v for line in view.lines for v in line.ms),
-                                     n=4), pad=0.03)
         lo, hi = math.log2(min(view.sizes)), math.log2(max(view.sizes))
+        top = max(v for line in view.lines for v in line.ms)
+        axis(plt, "x", cd.log2_ticks(view.sizes), lo, hi, 0.04)
+        axis(plt, "y", cd.nice_ticks(0.0, top, n=4), 0.0, top, 0.03)
         for line in view.lines:
             color = self.method_colors.get(line.method, cd.PALETTE[0])
             xs = [math.log2(b) for b in line.batch]
             if len(xs) > 1:
-                plt.plot(xs, line.ms, marker="braille", color=color)
+                plt.plot(xs, line.ms, marker=LINE, color=color)
             marker = SELECTED if line.selected else DOT
             plt.scatter(xs, line.ms, marker=marker, color=color)
             label(plt, line.label, xs[-1], line.ms[-1], lo, hi, color, marker, line.selected)
