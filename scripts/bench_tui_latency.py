@@ -131,6 +131,18 @@ def stats(xs: list[float]) -> str:
             f"max={xs[-1]:.1f} ms")
 
 
+def failed_cells(work: Path) -> list[str]:
+    """First line of each failed cell's error (a cell timing out under load is not the app's fault,
+    but the figures should say the run was shorter)."""
+    out = []
+    for f in (work / "reports").glob("*/records.jsonl"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("status") == "failed":
+                out.append(f"{r.get('method')}[{r.get('kind')}]: {(r.get('error') or '').splitlines()[0][:120]}")
+    return out
+
+
 def run_status(work: Path) -> str:
     found = list((work / "reports").glob("*/run.json"))
     return json.loads(found[0].read_text()).get("status", "?") if found else "none"
@@ -194,6 +206,8 @@ def main() -> None:
     finally:
         time.sleep(2)
         tmux.kill()
+        for line in failed_cells(work):
+            print(f"note: a cell of the timed run failed: {line}")
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

@@ -26,7 +26,6 @@ from .commands import AppCommands, palette_commands
 from .screens.modals import HelpScreen, QuitScreen, TextScreen
 from .screens.views import CompareScreen, DetailScreen, PluginsScreen
 from .session import RunSession, Update, finish_headless, prepare_processes
-from .widgets.charts import ChartPane
 from .widgets.footer import QuietFooter
 from .widgets.reports import ReportsPane, RunsTable
 from .widgets.results import ResultsTable
@@ -97,8 +96,7 @@ class LowdimApp(App[int]):
             with TabPane("Results", id="tab-results"):
                 yield Input(placeholder="filter: words match task, kind, method, budget  ( / )   ·  s sort  k next kind  "
                             "c chart  enter detail", id="filter")
-                yield ResultsTable(id="results-table")
-                yield ChartPane(id="charts")
+                yield ResultsTable(id="results-table")  # the charts follow after the first frame
             with TabPane("Reports", id="tab-reports"):
                 yield ReportsPane(id="reports")
         yield QuietFooter()
@@ -107,8 +105,20 @@ class LowdimApp(App[int]):
         self.sub_title = "loading plugins…"
         self.load_catalog()
         self.load_runs()
+        self.call_after_refresh(self.mount_charts)
         self.set_interval(1.0, self.tick)
         self.set_interval(RUNS_POLL_S, self.poll_runs)
+
+    def mount_charts(self) -> None:
+        """The chart pane (plotext and four plots) after the first frame: it is not on the first
+        tab, and importing and composing it was a tenth of the time to first paint."""
+        from .widgets.charts import ChartPane
+
+        pane = ChartPane(id="charts")
+        self.query_one("#tab-results").mount(pane)
+        table = self.query_one(ResultsTable)
+        if table.data is not None:
+            pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows))
 
     @property
     def running(self) -> bool:
@@ -281,7 +291,7 @@ class LowdimApp(App[int]):
             self._chart_timer.stop()
         data = self.query_one(ResultsTable).data
         colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
-        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each(ChartPane, "show_rows", e.rows, e.selected,
+        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each("#charts", "show_rows", e.rows, e.selected,
                                                                             colors))
 
     def _each(self, widget: type, method: str, *args: Any) -> None:
@@ -302,16 +312,16 @@ class LowdimApp(App[int]):
 
     def action_cycle_chart(self) -> None:
         self.show_tab("tab-results")
-        self.query_one(ChartPane).remove_class("hidden")
-        self.notify(self.query_one(ChartPane).cycle(), timeout=1.5)
+        self.query_one("#charts").remove_class("hidden")
+        self.notify(self.query_one("#charts").cycle(), timeout=1.5)
 
     def action_show_chart(self, index: int) -> None:
         self.show_tab("tab-results")
-        self.query_one(ChartPane).remove_class("hidden")
-        self.query_one(ChartPane).show_chart(index)
+        self.query_one("#charts").remove_class("hidden")
+        self.query_one("#charts").show_chart(index)
 
     def action_toggle_charts(self) -> None:
-        self.query_one(ChartPane).toggle_class("hidden")
+        self.query_one("#charts").toggle_class("hidden")
 
     def action_sort(self, column: str) -> None:
         self.show_tab("tab-results")

@@ -200,6 +200,8 @@ def compare_rows(a: Path, b: Path) -> list[CompareRow]:
     result = gate.evaluate(da, db)
     checks = {(chk.row, chk.column): chk for chk in result.checks}
     metrics = {gate.metric_of(m) for m in c["metric"].unique().to_list()}
+    quality_hib = {t: h for t, h in da.filter(da["metric"] == "quality").select("task", "higher_is_better")
+                   .unique("task").iter_rows()}
     out = []
     for r in c.to_dicts():
         metric = r["metric"]
@@ -215,7 +217,7 @@ def compare_rows(a: Path, b: Path) -> list[CompareRow]:
         better = False
         if chk is not None and status == gate.PASS and chk.change is not None:
             tol = next((t for t in reversed(result.tolerances) if gate.selects(t, metric, metrics)), None)
-            hib = _hib(da, r["task"], metric)
+            hib = quality_hib.get(r["task"]) if metric.startswith("quality") else _hib(metric)
             if tol is not None and hib is not None:
                 better = (chk.change if hib else -chk.change) > tol.limit
         gate_text = {"fail": "▼ regression", "warn": "? not significant", "pass": "▲ better" if better else "ok",
@@ -232,12 +234,8 @@ def compare_rows(a: Path, b: Path) -> list[CompareRow]:
     return out
 
 
-def _hib(df: Any, task: str, metric: str) -> bool | None:
-    if metric.startswith("quality"):
-        import polars as pl
-
-        v = df.filter((pl.col("task") == task) & (pl.col("metric") == "quality"))["higher_is_better"]
-        return None if v.is_empty() else v[0]
+def _hib(metric: str) -> bool | None:
+    """Costs are better lower; other figures have no direction here (quality's comes from the records)."""
     return False if metric.startswith(("latency", "memory", "flops", "params")) else None
 
 
