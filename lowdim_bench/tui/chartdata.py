@@ -76,7 +76,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> tuple[list[float], list[str]
         ticks.append(round(v, 12))
         v += step
     ticks.append(round(v, 12)) if ticks and ticks[-1] < hi else None
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if str(step).rstrip("0").endswith("5") and step < 1 else 0)
+    half = str(step).rstrip("0").endswith("5") and step < 1  # 0.25 needs two decimals, 0.2 one
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if half else 0)
     return ticks, [f"{t:.{decimals}f}" for t in ticks]
 
 

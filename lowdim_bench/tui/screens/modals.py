@@ -108,7 +108,7 @@ class HelpScreen(ModalScreen[None]):
         for row in KEYS:
             keys.add_row(f"[b]{row[0]}[/]", row[1], row[2])
         with VerticalScroll(classes="dialog wide"):
-            yield Label("[b]lowdim-bench[/]  pick a suite, adjust methods, tasks, device, budgets and seeds, press "
+            yield Static("[b]lowdim-bench[/]  pick a suite, adjust methods, tasks, device, budgets and seeds, press "
                         "[b]F5[/]. Records are written as cells finish; nothing is lost when the app closes.")
             yield Static(keys, id="help-keys")
             yield Static(MARKS, id="help-marks")

@@ -50,8 +50,9 @@ class RunsTable(DataTable):
         self.clear()
         for r in runs:
             status = Text(r.status, style={"finished": "green", "running": "yellow", "cancelled": "red"}.get(r.status, ""))
-            self.add_row(Text(self.mark_of(r), style="bold reverse"), r.run_id, r.where, r.suite, r.created, r.device, f"{r.done}/{r.total}",
-                         Text(str(r.failed), style="red" if r.failed else ""), status, key=r.run_id)
+            self.add_row(Text(self.mark_of(r), style="bold reverse"), r.run_id, r.where, r.suite, r.created, r.device,
+                         f"{r.done}/{r.total}", Text(str(r.failed), style="red" if r.failed else ""), status,
+                         key=r.run_id)
         if keep:
             idx = next((i for i, r in enumerate(runs) if r.run_id == keep), 0)
             self.move_cursor(row=idx, animate=False)
