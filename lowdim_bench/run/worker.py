@@ -106,7 +106,8 @@ class CellRun:
         before = _checksum(start)
         gen = torch.Generator().manual_seed(cell.seed)
         ctx = api.ApplyContext(seed=cell.seed, device=self.device, task=task, generator=gen,
-                               calibration=lambda: _calibration(task, splits["train"], cell.seed, self.device))
+                               calibration=lambda: _calibration(task, splits["train"], cell.seed, self.device),
+                               kind=cell.kind, recipe=self.recipe(task, method))
         # adapt budgets count trainable parameters against the dense model's; others stored ones
         denominator = dense.total if cell.kind == "adapt" else dense.stored
         sized = budget_mod.apply_sized(method, start, cell.kind, cell.budget, cell.knob, denominator, ctx)
@@ -132,7 +133,7 @@ class CellRun:
         mctx = api.MeasureContext(
             task=task, method=method, model=model, inference_model=deployed, kind=cell.kind, device=self.device,
             protocol=cell.protocol, make_optimizer=lambda m: make_optimizer(m, method, recipe.lr, recipe.weight_decay),
-            dense_params=dense.total, extras={"config": self.config})
+            dense_params=dense.total, splits=splits, extras={"config": self.config})
         for name in cell.measure:
             metric = self.registry.metric(name).cls()
             self.emit(metric.measure(mctx))
