@@ -19,6 +19,7 @@ else:  # pragma: no cover
 
 from . import api
 from .claims import RELATIONS, Check, Claim
+from .hparams import declared
 from .intrinsic_dim import parse_options as _intrinsic_options
 from .registry import Registry, UnknownName
 from .run.cells import Cell
@@ -269,9 +270,9 @@ def _load_tasks(where: _Where, value: Any, registry: Registry) -> dict[str, dict
         opts = dict(_table(where, f"tasks.{tname}", None, opts))
         recipe = _recipe(where, f"tasks.{tname}.recipe", opts.pop("recipe", {}))
         for key in opts:
-            if key not in cls.defaults:
+            if key not in declared(cls):  # `params` and plain `defaults` alike (core v2)
                 raise where.error(f"tasks.{tname}", key,
-                                  f"unknown option of task {tname!r}; known: {sorted(cls.defaults) or 'none'}")
+                                  f"unknown option of task {tname!r}; known: {sorted(declared(cls)) or 'none'}")
         out[tname] = {"options": opts, "recipe": recipe}
     return out
 
@@ -308,9 +309,9 @@ def _load_methods(where: _Where, value: Any, registry: Registry, suite_tasks: se
             raise where.error(table, "tasks", f"expected a list drawn from the suite's tasks {sorted(suite_tasks)}, "
                               f"got {only!r}")
         for key in spec:
-            if key not in cls.defaults:
+            if key not in declared(cls):
                 raise where.error(table, key, f"unknown hyper-parameter of method {mname!r}; known: "
-                                  f"{sorted(cls.defaults) or 'none'} (and {sorted(METHOD_KEYS)})")
+                                  f"{sorted(declared(cls)) or 'none'} (and {sorted(METHOD_KEYS)})")
         entries.append(MethodEntry(mname, alias if alias != mname else "", spec, budgets, knobs, kinds, recipe, lr_grid, timeout,
                                    only))
     return entries

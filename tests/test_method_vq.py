@@ -79,20 +79,25 @@ def test_vq_loss_and_straight_through() -> None:
     assert q.embedding.grad is not None and q.embedding.grad.abs().sum() > 0  # codebook term reaches C
 
 
-def test_ema_update_moves_codes_to_the_mean_of_their_latents() -> None:
+def test_ema_update_is_sonnets_debiased_average() -> None:
     g = torch.Generator().manual_seed(0)
-    q = EMAQuantiser(4, D, 0.25, 0.9, 1e-5, g)
-    q.embedding.copy_(torch.eye(4)[:, :D] * 10)
-    z = torch.eye(4)[:, :D].repeat(5, 1) * 9 + 0.1 * torch.randn(20, D, generator=g)  # 5 latents near each code
-    before_sum = q.embed_sum.clone()
-    _, aux, codes = q(z)
-    assert torch.equal(torch.bincount(codes, minlength=4), torch.full((4,), 5))
-    torch.testing.assert_close(q.cluster_size, torch.full((4,), 0.5))  # lerp(0, 5, 0.1)
-    onehot = F.one_hot(codes, 4).float()
-    torch.testing.assert_close(q.embed_sum, 0.9 * before_sum + 0.1 * onehot.t() @ z)
-    n = q.cluster_size.sum()
-    smoothed = (q.cluster_size + 1e-5) / (n + 4e-5) * n
-    torch.testing.assert_close(q.embedding, q.embed_sum / smoothed[:, None])
+    q = EMAQuantiser(5, D, 0.25, 0.9, 1e-5, g)
+    limit = (3 / D) ** 0.5
+    assert float(q.embedding.abs().max()) <= limit  # VarianceScaling(uniform) over d
+    q.embedding.copy_(torch.cat([torch.eye(4)[:, :D] * 10, torch.full((1, D), 50.0)]))
+    old = q.embedding.clone()
+    z = torch.eye(4)[:, :D].repeat(5, 1) * 9 + 0.1 * torch.randn(20, D, generator=g)  # 5 latents near codes 0-3
+    out, aux, codes = q(z)
+    assert torch.equal(torch.bincount(codes, minlength=5), torch.tensor([5, 5, 5, 5, 0]))
+    torch.testing.assert_close(out, old[codes])  # quantised with the codebook before the update
+    torch.testing.assert_close(aux, 0.25 * F.mse_loss(z, old[codes]))
+    # one update, debiased: the counts and sums of this batch; each used code at its latents' mean
+    means = torch.stack([z[codes == c].mean(0) for c in range(4)])
+    torch.testing.assert_close(q.embedding[:4], means, atol=1e-4, rtol=1e-4)
+    assert torch.equal(q.embedding[4], torch.zeros(D))  # an unused code is reset to 0, as Sonnet's
+    _, _, codes2 = q(z)
+    torch.testing.assert_close(q.cluster_hidden / (1 - 0.9 ** 2), torch.tensor([5.0, 5, 5, 5, 0]))
+    assert int(q.updates) == 2
     assert not any(p.requires_grad for p in q.parameters())  # no codebook gradient at all
     q.eval()
     frozen = q.embedding.clone()

@@ -145,7 +145,7 @@ class MaestroMethod(Method):
     kinds = ("train", "compress")
     knob = Knob("rank", 1, None, help="initial inner rank of every factored Linear; pruning only lowers it")
     params = {
-        "lambda_gl": Param(5e-3, float, low=0.0, help="weight of the hierarchical group lasso (paper default 5e-3)"),
+        "lambda_gl": Param(1e-4, float, low=0.0, help="weight of the hierarchical group lasso (paper 5e-3 with SGD; see docs)"),
         "threshold": Param(1e-5, float, low=0.0, help="prune components whose tail importance falls below this"),
         "prune_every": Param(0, int, low=0, help="steps between pruning passes; 0: one epoch of the task's train split"),
         "ordered_dropout": Param(True, bool, help="the partial forward with one layer's first k components"),

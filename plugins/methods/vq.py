@@ -6,9 +6,11 @@ nearest code by squared Euclidean distance and pass gradients straight through (
 - vq (van den Oord et al. 2017): codebook C (K, d) a parameter, U(-1/K, 1/K) as the VQ-VAE and
   taming code; loss ||sg(z) - q||^2 + beta ||z - sg(q)||^2, beta 0.25 (the commitment weight on
   the encoder term, as the paper; taming's "legacy" default puts beta on the codebook term).
-- vq-ema (van den Oord et al. 2017 appendix; Razavi et al. 2019): C a buffer moved by exponential
-  moving averages of the assigned latents (decay 0.99, Laplace smoothing eps 1e-5), C ~ N(0, 1)
-  (Sonnet's init); loss beta ||z - sg(q)||^2. Stored: C plus its EMA state (K d + K + K d).
+- vq-ema (van den Oord et al. 2017 appendix; Razavi et al. 2019), as DeepMind's Sonnet
+  VectorQuantizerEMA: C a buffer set each training step to the zero-debiased moving averages of
+  the assigned latents' sums over their counts (decay 0.99, Laplace smoothing eps 1e-5), C init
+  U(-sqrt(3/d), sqrt(3/d)); loss beta ||z - sg(q)||^2. Stored: C plus the EMA state, K d + K + K d
+  floats and a step counter.
 - simvq (Zhu et al. 2024): C (K, d) frozen at N(0, d^-1/2), the codes are C W^T + b for one
   trainable Linear(d, d); the search runs over C W^T + b; loss beta ||z - sg(q)||^2 +
   ||sg(z) - q||^2 (the official weights). Trainable d^2 + d; stored K d + d^2 + d.
@@ -80,13 +82,17 @@ class VQQuantiser(Quantiser):
 
 
 class EMAQuantiser(Quantiser):
+    """Sonnet's VectorQuantizerEMA: zero-debiased moving averages of the code counts and of the
+    sums of the latents assigned to each code; the codebook is their Laplace-smoothed ratio."""
+
     def __init__(self, size: int, dim: int, beta: float, decay: float, eps: float, generator: torch.Generator) -> None:
         super().__init__(size, dim, beta)
         self.decay, self.eps = decay, eps
-        init = torch.randn(size, dim, generator=generator)
-        self.register_buffer("embedding", init)
-        self.register_buffer("cluster_size", torch.zeros(size))
-        self.register_buffer("embed_sum", init.clone())
+        limit = math.sqrt(3.0 / dim)  # VarianceScaling(1, fan_in, uniform) over d
+        self.register_buffer("embedding", torch.empty(size, dim).uniform_(-limit, limit, generator=generator))
+        self.register_buffer("cluster_hidden", torch.zeros(size))
+        self.register_buffer("sum_hidden", torch.zeros(size, dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def codebook(self) -> torch.Tensor:
         return self.embedding
@@ -94,17 +100,20 @@ class EMAQuantiser(Quantiser):
     @torch.no_grad()
     def ema_update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         onehot = F.one_hot(codes, self.codebook_size).to(z.dtype)
-        self.cluster_size.lerp_(onehot.sum(0), 1 - self.decay)
-        self.embed_sum.lerp_(onehot.t() @ z, 1 - self.decay)
-        n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
-        self.embedding.copy_(self.embed_sum / smoothed[:, None])
+        self.updates += 1
+        self.cluster_hidden.lerp_(onehot.sum(0), 1 - self.decay)
+        self.sum_hidden.lerp_(onehot.t() @ z, 1 - self.decay)
+        debias = 1 - self.decay ** int(self.updates)
+        counts, sums = self.cluster_hidden / debias, self.sum_hidden / debias
+        n = counts.sum()
+        smoothed = (counts + self.eps) / (n + self.codebook_size * self.eps) * n
+        self.embedding.copy_(sums / smoothed[:, None])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         codes = nearest(z.detach(), self.embedding)
+        q = F.embedding(codes, self.embedding).clone()  # the codes before this step's update, as Sonnet
         if self.training:
             self.ema_update(z.detach(), codes)
-        q = F.embedding(codes, self.embedding)
         aux = self.beta * F.mse_loss(z, q.detach()) if self.training else z.new_zeros(())
         return straight_through(z, q), aux, codes
 
