@@ -27,8 +27,10 @@ Official-code pitfalls avoided (each has a test in tests/test_method_maestro.py)
 Choices: targets every Linear (`target_modules` "all", as `svd`), and, as `svd`, a layer whose
 initial rank is at or above break-even (r (d_in + d_out) >= d_in d_out) stays dense, so a
 factored model is never larger than the dense one. The official code's SGD is replaced by the
-harness's AdamW (every method is tuned alike); `distill = "mse"` swaps the soft cross-entropy for
-a squared error to the full output, for regression outputs.
+harness's AdamW (every method is tuned alike), under which the group lasso acts far harder than
+with SGD: lambda_gl defaults to 1e-4, not the paper's 5e-3, which prunes digits-mlp to rank 0
+(docs/methods-trained.md has the figures). `distill = "mse"` swaps the soft cross-entropy for a
+squared error to the full output, for regression outputs.
 """
 from __future__ import annotations
 
@@ -145,9 +147,11 @@ class MaestroMethod(Method):
     kinds = ("train", "compress")
     knob = Knob("rank", 1, None, help="initial inner rank of every factored Linear; pruning only lowers it")
     params = {
-        "lambda_gl": Param(1e-4, float, low=0.0, help="weight of the hierarchical group lasso (paper 5e-3 with SGD; see docs)"),
+        "lambda_gl": Param(1e-4, float, low=0.0,
+                           help="weight of the hierarchical group lasso (paper 5e-3, with SGD; see docs)"),
         "threshold": Param(1e-5, float, low=0.0, help="prune components whose tail importance falls below this"),
-        "prune_every": Param(0, int, low=0, help="steps between pruning passes; 0: one epoch of the task's train split"),
+        "prune_every": Param(0, int, low=0,
+                             help="steps between pruning passes; 0: one epoch of the task's train split"),
         "ordered_dropout": Param(True, bool, help="the partial forward with one layer's first k components"),
         "distill": Param("ce", choices=("ce", "mse"), help="partial-output loss: soft cross-entropy (paper) or MSE"),
         "target_modules": Param("all", str | list[str], help='"all" Linears or a list of name suffixes'),
@@ -238,7 +242,8 @@ class MaestroMethod(Method):
         """One (layer, k) drawn uniformly over all pairs; the loss of that partial output vs the full one."""
         args, kwargs, full = call
         if not isinstance(full, torch.Tensor):
-            raise PluginError(f"maestro: ordered dropout needs a model that returns a tensor, got {type(full).__name__}")
+            raise PluginError("maestro: ordered dropout needs a model that returns a tensor, "
+                              f"got {type(full).__name__}")
         widths = [m.rank for m in layers]
         if sum(widths) == 0:
             return full.new_zeros(())

@@ -185,9 +185,12 @@ class SSVIMethod(Method):
     knob = Knob("density", 0.0, 1.0, integer=False, help="share of each weight matrix in the support")
     params = {
         "prior_std": Param(0.1, float, low=1e-8, help="std of the N(0, s^2) prior (official 0.005: see docs)"),
-        "kl_scale": Param(0.01, float, low=0.0, help="KL weight before division by the training-set size (official 0.01)"),
-        "sigma_init": Param(0.0006, float, low=1e-8, help="mean of the initial |sigma| draw N(sigma_init, 0.0005) (official)"),
-        "mu_init": Param("model", choices=("model", "paper"), help="mu: the fresh model's init at the support, or N(0, 0.01)"),
+        "kl_scale": Param(0.01, float, low=0.0,
+                          help="KL weight before division by the training-set size (official 0.01)"),
+        "sigma_init": Param(0.0006, float, low=1e-8,
+                            help="mean of the initial |sigma| draw N(sigma_init, 0.0005) (official)"),
+        "mu_init": Param("model", choices=("model", "paper"),
+                         help="mu: the fresh model's init at the support, or N(0, 0.01)"),
         "delta": Param(100, int, low=2, help="steps between removal-and-addition updates"),
         "alpha": Param(0.3, float, low=0.0, high=1.0, help="initial drop fraction (cosine-decayed)"),
         "end_frac": Param(0.75, float, low=0.0, high=1.0, help="updates stop after this share of training"),

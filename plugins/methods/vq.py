@@ -24,8 +24,6 @@ materialised C W^T + b as a plain codebook, so its deployed cost is vq's.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -180,7 +178,8 @@ class _VQBase(Method):
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
         if size is None or float(size) != int(size) or not 2 <= int(size) <= MAX_CODES:
-            raise PluginError(f"method {self.name!r}: codebook_size must be an integer in [2, {MAX_CODES}], got {size!r}")
+            raise PluginError(f"method {self.name!r}: codebook_size must be an integer in [2, {MAX_CODES}], "
+                              f"got {size!r}")
         gen = torch.Generator().manual_seed(int(ctx.seed))
         anchor = next(model.parameters(), None)
         device = anchor.device if anchor is not None else torch.device("cpu")
@@ -214,7 +213,7 @@ class VQEMAMethod(_VQBase):
 class SimVQMethod(_VQBase):
     name = "simvq"
     params = {"beta": Param(0.25, float, low=0.0, help="commitment weight on ||z - sg(q)||^2")}
-    description = "SimVQ: frozen random codebook C reparameterised by one Linear (codes C W^T + b), against collapse."
+    description = "SimVQ: frozen random codebook C reparameterised by one Linear (codes C W^T + b)."
 
     def build(self, size: int, dim: int, generator: torch.Generator) -> Quantiser:
         return SimVQQuantiser(size, dim, self.hparams["beta"], generator)

@@ -47,7 +47,7 @@ def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> float
 
 class CalibrationMetric(Metric):
     name = "calibration"
-    description = "ECE (15 equal-width bins, L1) and NLL (nats) of a classifier on the test split, from Task.predictions."
+    description = "ECE (15 equal-width bins, L1) and NLL (nats) of a classifier on the test split (Task.predictions)."
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         split = ctx.splits.get("test")

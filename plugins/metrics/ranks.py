@@ -22,7 +22,7 @@ def layer_ranks(model) -> dict[str, int]:
 
 class RanksMetric(Metric):
     name = "ranks"
-    description = "Inner rank of every factored layer (a module with an int `rank`) of the trained model, and their sum."
+    description = "Inner rank of every factored layer (a module with an int `rank`) of the trained model, and the sum."
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         ranks = layer_ranks(ctx.model)

@@ -180,7 +180,8 @@ class VQDigitsTask(Task):
 
     def example_batch(self, batch_size: int, device: torch.device) -> Any:
         g = torch.Generator().manual_seed(0)
-        return torch.rand(batch_size, 1, 8, 8, generator=g).to(device), torch.randint(0, 10, (batch_size,), generator=g).to(device)
+        x = torch.rand(batch_size, 1, 8, 8, generator=g)
+        return x.to(device), torch.randint(0, 10, (batch_size,), generator=g).to(device)
 
 
 @hookimpl
