@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 import torch.distributions as D
-from torch import nn
 
-from lowdim_bench.api import ApplyContext, PluginError, Recipe
+from lowdim_bench.api import ApplyContext, PluginError
 from lowdim_bench.measure.flops import forward_flops
 from lowdim_bench.measure.params import count_params
 from lowdim_bench.run.train import train
 from lowdim_bench.testing import check_method
-from lowdim_bench_builtin.methods.ssvi import SSVILinear, SSVIMethod, folded_snr, ssvi_layers
+from lowdim_bench_builtin.methods.ssvi import SSVIMethod, folded_snr, ssvi_layers
 from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
 from method_helpers import ctx, mlp
 
