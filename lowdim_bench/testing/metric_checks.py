@@ -43,7 +43,8 @@ def measure_context(task: api.Task | str | None = None, seed: int = 0) -> api.Me
     dense = sum(p.numel() for p in model.parameters())
     return api.MeasureContext(task=task, method=method, model=model, inference_model=copy.deepcopy(model), kind="train",
                               device=torch.device("cpu"), protocol=dict(KIT_PROTOCOL),
-                              make_optimizer=lambda m: make_optimizer(m, method, 1e-3, 0.0), dense_params=dense)
+                              make_optimizer=lambda m: make_optimizer(m, method, 1e-3, 0.0), dense_params=dense,
+                              splits=task.splits("target", seed))  # as the harness fills it (core v2)
 
 
 def merge_context(seed: int = 0) -> api.MeasureContext:

@@ -237,6 +237,18 @@ class DigitsTask(Task):
                 model(split.x[start:start + 1024].to(device))
 
         return head_inputs(model, run), split.y.clone()
+    def predictions(self, model: nn.Module, split: DigitsSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) over the whole split on the CPU, in eval mode (calibration metrics).
+        digits-cnn inherits it: its splits hold images, the model takes them as they are."""
+        was_training = model.training
+        device = model_device(model)
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = [model(split.x[s:s + 1024].to(device)).float().cpu() for s in range(0, len(split), 1024)]
+        finally:
+            model.train(was_training)
+        return torch.cat(logits), split.y.clone()
 
     def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
         g = torch.Generator().manual_seed(0)
