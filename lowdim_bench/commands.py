@@ -178,7 +178,7 @@ def cmd_run(args, registry: Registry) -> int:
     try:
         return _run(args, registry, printer, ctrl_c)
     except KeyboardInterrupt:
-        print(f"\nlowdim-bench: interrupted" + (f"; {resume_hint(printer.run_dir)}" if printer.run_dir else ""),
+        print("\nlowdim-bench: interrupted" + (f"; {resume_hint(printer.run_dir)}" if printer.run_dir else ""),
               file=sys.stderr)
         return INTERRUPTED
     finally:

@@ -127,6 +127,7 @@ class CellRun:
         recipe = self.recipe(task, method)
         deployed = method.for_inference(copy.deepcopy(model))
         dense = count_params(start)
+        start.eval().requires_grad_(False)  # the base is done with: what metrics see is frozen
         mctx = api.MeasureContext(
             task=task, method=method, model=model, inference_model=deployed, kind=self.cell.kind, device=self.device,
             protocol=self.cell.protocol, make_optimizer=lambda m: make_optimizer(m, method, recipe.lr, recipe.weight_decay),
