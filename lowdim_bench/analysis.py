@@ -121,6 +121,7 @@ class Analysis:
         return raw
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        """The analysis over the run: its table, Markdown section and records."""
         raise NotImplementedError
 
     def render(self, table: pl.DataFrame) -> str:

@@ -151,6 +151,7 @@ class Method:
 
     @classmethod
     def supported_kinds(cls) -> tuple[str, ...]:
+        """Every kind the method runs under: `kinds`, or just `kind`."""
         return cls.kinds or (cls.kind,)
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
@@ -235,6 +236,7 @@ class Task:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss on one batch (a scalar tensor); the harness adds the method's extra_loss."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, split: Any) -> float:
@@ -286,6 +288,7 @@ class Task:
         return merged
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
+        """A batch moved to `device`: tensors inside tensors, tuples, lists, dicts and Inputs."""
         return to_device(batch, device)
 
 
@@ -329,4 +332,5 @@ class Metric:
     description: ClassVar[str] = ""
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
+        """Measure on `ctx.device`; never train or change the models (deep-copy first)."""
         raise NotImplementedError

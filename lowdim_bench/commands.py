@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from (docs/plugins.md)")
     n.add_argument("name", help="plugin name: lowercase words joined by '-', e.g. my-lora")
-    n.add_argument("--kind", default="adapt", help="adapt, compress, train, head, task or metric (default adapt)")
+    n.add_argument("--kind", default="adapt", help="what the package provides, comma-separated: adapt, compress, "
+                   "train, head, merge (with task), task, metric, analysis (default adapt)")
+    n.add_argument("--dist", help="distribution name (default lowdim-bench-NAME)")
     n.add_argument("--dir", type=Path, default=Path("."), help="parent folder (default: the current one)")
 
     ls = sub.add_parser("list", help="list plugins, methods, tasks, suites or metrics")
@@ -262,10 +264,10 @@ def dispatch(argv: list[str]) -> int:
             from .scaffold import ScaffoldError, new_plugin
 
             try:
-                made = new_plugin(args.name, args.kind, args.dir)
+                made = new_plugin(args.name, args.kind, args.dir, args.dist)
             except ScaffoldError as e:
                 raise SuiteError(str(e)) from None
-            print(f"wrote {made.root}/ ({made.kind} plugin {made.name!r}, distribution {made.dist})\n"
+            print(f"wrote {made.root}/ (plugin {made.name!r}: {made.kind}; distribution {made.dist})\n"
                   f"next: pip install -e {made.root} && lowdim-bench list plugins && "
                   f"lowdim-bench run {made.name}-smoke && (cd {made.root} && python -m pytest -q)")
             return 0
