@@ -13,7 +13,7 @@ Choices (also in the report and docs):
   so the budget search works. With False, r is clamped to min(d_in, d_out).
 - Targets every Linear by default (`target_modules`: "all" or a list of name suffixes); Linears
   whose weight is shared with another module (tied heads) or owned by nn.MultiheadAttention are
-  left dense.
+  left dense. The model records each layer left dense and why (_skips: break-even, tied).
 - `recover` (default False, the one-shot result) is read by the harness: when true, the
   compressed model is fine-tuned with the task's "recover" recipe (its steps and rate; a suite
   changes them with [methods.NAME.recipe]).
@@ -32,6 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench_builtin.methods._skips import record_skips, tied_linears
 
 # weight tensor -> (its _version when decomposed, U, S, Vh) in float64
 _SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -143,12 +144,19 @@ class SvdMethod(Method):
         rank = as_rank(size, self.name)
         skip = bool(self.hparams["skip_above_break_even"])
         # Factor from the original weights, so the SVD cache hits across applies.
-        swaps = []
-        for _, linear in self.select(model):
+        swaps, skips = [], tied_linears(model)
+        for name, linear in self.select(model):
             r = layer_rank(linear, rank, skip)
             if r is not None:
                 swaps.append((linear, factor_linear(linear, r)))
-        return copy_swapping(model, swaps)
+            else:
+                skips[name] = break_even_reason(linear.in_features, linear.out_features, rank)
+        return record_skips(copy_swapping(model, swaps), skips)
+
+
+def break_even_reason(d_in: int, d_out: int, rank: int) -> str:
+    return (f"rank {min(rank, d_in, d_out)} >= break-even {d_in * d_out / (d_in + d_out):.1f} of a {d_out}x{d_in} "
+            "weight: factored it would be larger, so it stays dense")
 
 
 @hookimpl
