@@ -96,6 +96,7 @@ def test_a_split_column_is_obeyed(tmp_path):
     ("text,label\na,1\nb,1\na,2\n", ".csv", r"d\.csv:4: the same text as line 2"),
     ("text,label\n" + "".join(f"t{i},same\n" for i in range(30)), ".csv", r"needs at least 2 classes"),
     ("text,label,split\na,1,train\nb,2,dev\n", ".csv", r"d\.csv:3: split must be one of"),
+    ("text,label,split\na,1,train\nb,2,val\nc,1,test\n", ".csv", r"class\(es\) \['2'\] have no row in the train split"),
 ])
 def test_bad_files_name_the_file_and_line(tmp_path, content, suffix, expected):
     p = tmp_path / f"d{suffix}"

@@ -81,6 +81,10 @@ def assemble(source: str, items: list[Item], caps: dict[str, int], given_split: 
     if empty:
         raise PluginError(f"{source}: the {'/'.join(empty)} split(s) are empty ({len(kept)} rows kept); "
                           "give more rows or a `split` column")
+    untrained = sorted(set(classes) - {it.label for it in by_split["train"]})
+    if untrained:
+        raise PluginError(f"{source}: class(es) {untrained} have no row in the train split (the probe could not "
+                          "learn them); give more rows of them or a `split` column")
     index = {c: i for i, c in enumerate(classes)}
     splits = {s: tuple((it.text, index[it.label]) for it in by_split[s]) for s in SPLITS}
     return TextData(source, classes, splits, _fingerprint(source, kept))
