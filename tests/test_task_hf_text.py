@@ -135,8 +135,8 @@ def test_budget_scope_leaves_embeddings_out_unless_asked():
 WORDS = [f"w{i}" for i in range(40)]
 
 
-def tiny_model_folder(folder: Path, architecture: str = "encoder") -> Path:
-    """A 2-layer BERT of width 32 with a word-level tokenizer, saved as transformers saves models."""
+def tiny_model_folder(folder: Path, architecture: str = "encoder", family: str = "bert") -> Path:
+    """A 2-layer BERT (or GPT-2) of width 32 with a word-level tokenizer, saved as transformers saves models."""
     transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'lowdim-bench[hf]'")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -146,9 +146,13 @@ def tiny_model_folder(folder: Path, architecture: str = "encoder") -> Path:
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                                 cls_token="[CLS]", sep_token="[SEP]")
     fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+        transformers.GPT2Model(cfg).save_pretrained(folder)
+        return folder
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
     cls = transformers.BertModel if architecture == "encoder" else transformers.BertForSequenceClassification
     cls(cfg).save_pretrained(folder)
     return folder
@@ -225,6 +229,17 @@ def test_a_sequence_classification_checkpoint_loads_with_its_own_head(tmp_path):
     model = task.pretrained("target", 0)
     assert model.head_name == "model.classifier"
     assert task.evaluate(model, task.splits("target", 0)["train"]) >= 0.8
+
+
+def test_a_decoder_is_pooled_like_an_encoder(tmp_path):
+    """GPT-2 (causal attention, no pooler): mean-pooled last states + the probe; wte/wpe out of budgets."""
+    folder = tiny_model_folder(tmp_path / "gpt2", family="gpt2")
+    task = HfText(model=str(folder), data=str(word_data(tmp_path / "w.jsonl")), max_length=16)
+    model = task.pretrained("target", 0)
+    assert type(model.encoder).__name__ == "GPT2Model"
+    assert task.evaluate(model, task.splits("target", 0)["train"]) >= 0.8
+    names = [n for n, _ in model.named_parameters()]
+    assert {n for n in names if not task.in_budget(n)} == {"encoder.wte.weight", "encoder.wpe.weight"}
 
 
 def test_missing_weights_are_a_clear_error(tmp_path):

@@ -223,9 +223,11 @@ def _drop_pooler(encoder: nn.Module) -> None:
 
 
 def _quiet_transformers() -> None:
+    """Warnings and errors only, and no progress bars: cell logs are read by people."""
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 @dataclass(frozen=True)
