@@ -44,7 +44,7 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError, trainable
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import as_rank, check_suffixes, copy_swapping, select_targets
 
 # root model -> (args, kwargs, detached output) of its last training-mode forward: the batch the
 # task's loss just used, which the ordered-dropout term needs (extra_loss only gets the model).
@@ -171,13 +171,7 @@ class MaestroMethod(Method):
         self._last_step: int | None = None
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
-        tm = self.hparams["target_modules"]
-        found = find_layers(model, (nn.Linear,), skip_tied=True)
-        if tm != "all":
-            found, _ = split_by_suffixes(found, tm, method=self.name, hparam="target_modules", what="Linear")
-        if not found:
-            raise PluginError("maestro: the model has no Linear layer to decompose")
-        return found
+        return select_targets(model, self.hparams["target_modules"], self.name, skip_tied=True)
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
         """1 to the largest rank at which some Linear is still factored (below break-even)."""

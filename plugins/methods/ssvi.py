@@ -42,7 +42,7 @@ from torch import nn
 
 from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError, trainable
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench.layers import check_suffixes, copy_swapping, find_layers, split_by_suffixes
+from lowdim_bench.layers import check_suffixes, copy_swapping, select_targets
 
 EPS_VAR = 1e-8
 
@@ -211,13 +211,7 @@ class SSVIMethod(Method):
         self._n_train = int(self.hparams["n_train"])
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
-        tm = self.hparams["target_modules"]
-        found = find_layers(model, (nn.Linear,), skip_tied=True)
-        if tm != "all":
-            found, _ = split_by_suffixes(found, tm, method=self.name, hparam="target_modules", what="Linear")
-        if not found:
-            raise PluginError("ssvi: the model has no Linear layer")
-        return found
+        return select_targets(model, self.hparams["target_modules"], self.name, skip_tied=True)
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
         smallest = min(m.weight.numel() for _, m in self.select(model))

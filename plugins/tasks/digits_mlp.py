@@ -138,6 +138,16 @@ def recipe_params(steps: int, lr: float, batch_size: int, finetune_steps: int, f
     }
 
 
+def digits_fingerprint(tag: str) -> str:
+    """The data a digits task reads: its tag, the split seed and the bytes of scikit-learn's digits."""
+    x, y = _load_digits()
+    h = hashlib.sha256()
+    h.update(f"{tag} split_seed={SPLIT_SEED}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -168,12 +178,7 @@ class DigitsTask(Task):
         self._cache: dict[str, dict[str, DigitsSplit]] = {}
 
     def fingerprint(self) -> str:
-        x, y = _load_digits()
-        h = hashlib.sha256()
-        h.update(f"digits-mlp/v1 shift={self.options['shift']} split_seed={SPLIT_SEED}".encode())
-        h.update(np.ascontiguousarray(x).tobytes())
-        h.update(np.ascontiguousarray(y).tobytes())
-        return h.hexdigest()
+        return digits_fingerprint(f"digits-mlp/v1 shift={self.options['shift']}")
 
     def make_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):

@@ -25,18 +25,16 @@ code of a 512- or 1024-entry codebook used; with 4 (a 2 x 2 grid) a 512-code boo
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lowdim_bench.api import Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
-from lowdim_bench_builtin.tasks.digits_mlp import (SPLIT_SEED, DigitsSplit, _load_digits, index_stream, model_device,
-                                                    split_indices)
+from lowdim_bench_builtin.tasks.digits_mlp import (DigitsSplit, _load_digits, digits_fingerprint, index_stream,
+                                                    model_device, split_indices)
 
 SLOT = "quantizer"
 
@@ -106,12 +104,7 @@ class VQDigitsTask(Task):
         self._cache: dict[str, DigitsSplit] | None = None
 
     def fingerprint(self) -> str:
-        x, y = _load_digits()
-        h = hashlib.sha256()
-        h.update(f"vq-digits/v1 split_seed={SPLIT_SEED}".encode())
-        h.update(np.ascontiguousarray(x).tobytes())
-        h.update(np.ascontiguousarray(y).tobytes())
-        return h.hexdigest()
+        return digits_fingerprint("vq-digits/v1")
 
     def make_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
