@@ -36,7 +36,8 @@ INTERRUPTED = 130
 class ProgressPrinter:
     """Live progress: one rewritten line on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream=None) -> None:
+        stream = stream or sys.stderr  # looked up per call: tests and the app swap sys.stderr
         self.stream, self.tty = stream, stream.isatty()
         self.total = self.done = self.failed = 0
         self.current = ""

@@ -313,7 +313,11 @@ _CTR_SMALL = {"n_train": 2000, "n_val": 500, "n_test": 1000, "vocab": 100, "voca
 SMALL.update({"ctr": _CTR_SMALL, "ctr-autoint": _CTR_SMALL})
 # Plugins that only work on their own family's task (embedding-table methods, the ctr metric):
 # the kit runs them there, at test size (name -> (task, method hyper-parameters)).
-OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ctr": ("ctr", {})}
+OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ctr": ("ctr", {}),
+            "seq-flops": ("hf-text", {})}
+SMALL["hf-text"] = {"max_length": 16, "max_train": 64, "max_eval": 32, "finetune_steps": 2, "recover_steps": 2}
+# Metrics that speak on merge cells only: tests/test_method_merging.py runs the kit on a merge context.
+MERGE_METRICS = {"merge-cost", "merge-quality"}
 
 
 # Tasks for methods whose targets name a slot only some tasks have (the VQ methods' `quantizer`).
@@ -338,7 +342,7 @@ def _builtin_entries():
                 for kind in cls.supported_kinds():
                     if kind != "merge":  # merge kinds: tests/test_method_merging.py, with CPU-sized steps
                         entries.append(pytest.param("method", name, kind, id=f"method-{name}-{kind}"))
-            elif kind_of in ("task", "metric"):
+            elif kind_of in ("task", "metric") and name not in MERGE_METRICS:
                 entries.append(pytest.param(kind_of, name, None, id=f"{kind_of}-{name}"))
     return entries
 

@@ -63,12 +63,16 @@ def assert_task_conforms(task: api.Task | type[api.Task] | str, checks: Iterable
     return raise_on_failure(check_task(task, checks))
 
 
-def check_metric(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None) -> list[CheckResult]:
-    return [check_measurements(metric, task)]
+def check_metric(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None,
+                 ctx: api.MeasureContext | None = None) -> list[CheckResult]:
+    """Measure once on a reference `train` cell of `task` (the smoke task by default), or on `ctx`
+    for a metric that only has something to say on some cells (a merge cell's context)."""
+    return [check_measurements(metric, task, ctx)]
 
 
-def assert_metric_conforms(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None) -> list[CheckResult]:
-    return raise_on_failure(check_metric(metric, task))
+def assert_metric_conforms(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None,
+                           ctx: api.MeasureContext | None = None) -> list[CheckResult]:
+    return raise_on_failure(check_metric(metric, task, ctx))
 
 
 def check_analysis(analysis: api.Analysis | type[api.Analysis], table: Any = None, *,

@@ -73,7 +73,8 @@ def measure_context(task: api.Task | str | None = None, seed: int = 0,
                               dense_params=dense, base_model=_frozen(start), applied_model=applied, splits=splits)
 
 
-def check_measurements(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None) -> CheckResult:
+def check_measurements(metric: api.Metric | type[api.Metric], task: api.Task | str | None = None,
+                       ctx: api.MeasureContext | None = None) -> CheckResult:
     metric = metric() if isinstance(metric, type) else metric
     label = f"metric {type(metric).name!r}"
     name = "measurements"
@@ -81,7 +82,7 @@ def check_measurements(metric: api.Metric | type[api.Metric], task: api.Task | s
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         return failed(name, label, f"needs drawn from {NEEDS}", f"needs = {needs!r}")
-    ctx = measure_context(task, needs=needs)
+    ctx = ctx or measure_context(task, needs=needs)  # a ready context: a metric only some kinds feed (merge)
     try:
         out = metric.measure(ctx)
     except Exception as exc:
