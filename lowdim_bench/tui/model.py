@@ -221,7 +221,8 @@ def failure_record(cell: Any, run_id: str, reason: str, tb: str) -> dict[str, An
     return records.failed(records.origin(cell, run_id, {}), reason, tb)
 
 
-CHARTS = ["quality vs parameters", "quality vs latency", "memory breakdown", "latency by batch size"]
+CHARTS = ["quality vs parameters", "quality vs latency", "memory breakdown", "latency by batch size",
+          "merges: quality kept vs mass kept", "representation similarity", "solver error by round"]
 
 from .chartdata import MEMORY_PARTS, params_of, smallest_batch_latency  # noqa: E402
 from .runs import (CompareRow, RunInfo, compare_rows, export_view, list_runs, load_records,  # noqa: E402

@@ -16,7 +16,7 @@ from lowdim_bench import report
 from lowdim_bench.tui.app import LowdimApp
 from lowdim_bench.tui.screens.modals import HelpScreen, QuitScreen, TextScreen
 from lowdim_bench.tui.screens.views import CompareScreen, DetailScreen, PluginsScreen
-from lowdim_bench.tui.widgets.charts import ChartPane
+from lowdim_bench.tui.widgets.chart_pane import ChartPane
 from lowdim_bench.tui.widgets.reports import RunsTable
 from lowdim_bench.tui.widgets.results import ResultsTable
 from lowdim_bench.tui.widgets.run_panel import RunPanel

@@ -17,7 +17,7 @@ from lowdim_bench.tui import app as app_module
 from lowdim_bench.tui import model
 from lowdim_bench.tui.app import LowdimApp, RunUpdated
 from lowdim_bench.tui.session import LogLine, RunState, Update
-from lowdim_bench.tui.widgets.charts import ChartPane
+from lowdim_bench.tui.widgets.chart_pane import ChartPane
 from lowdim_bench.tui.widgets.reports import RunsTable
 from lowdim_bench.tui.widgets.results import ResultsTable
 from test_tui_app import make_app, ready, until

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from rich.markup import escape
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from .. import fmt, model
+from .. import fmt, kindcharts, model
 from ..runs import filter_compare
 from .modals import TextScreen
 
@@ -59,6 +59,10 @@ class DetailScreen(Screen[None]):
     def info_text(self) -> str:
         first = next((r for r in self.records if r.get("config")), self.records[0] if self.records else {})
         parts = []
+        members = kindcharts.member_qualities(self.row)
+        if members:
+            parts.append("per member: quality merged / alone, mean over seeds (1.0 = as good as the member)\n"
+                         + "\n".join(f"  {m}: {v:.3f}" for m, v in members))
         config = first.get("config")
         if config:
             try:

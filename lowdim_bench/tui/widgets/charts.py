@@ -15,9 +15,6 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import ContentSwitcher, Static
 from textual_plotext import PlotextPlot
 
 from .. import chartdata as cd
@@ -35,18 +32,25 @@ class Chart(PlotextPlot):
         self.data: object = None
         self.legend: Text = Text()
         self.method_colors: dict[str, tuple[int, int, int]] = {}
+        self.records: list[dict] = []  # every record of the shown run (analysis and trace records too)
         self._version = 0
         self._cache: tuple[tuple, Text] | None = None
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
-                  colors: dict[str, tuple[int, int, int]]) -> None:
+                  colors: dict[str, tuple[int, int, int]], records: list[dict] | None = None) -> None:
         self.method_colors = colors
+        self.records = records or []
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
         plt.theme(self._get_plotext_theme_name(self.app.theme))  # text backgrounds take the canvas colour
         self.legend = Text()
-        self.draw(plt, rows, selected)
+        try:
+            self.draw(plt, rows, selected)
+        except Exception as e:  # odd records must not close the app: the chart says it could not draw
+            self.data = None
+            plt.clear_data()
+            plt.title(f"{self.title}: cannot draw these rows ({type(e).__name__}: {e})"[:200])
         self._version += 1
         self.refresh()
 
@@ -178,67 +182,3 @@ class LatencyChart(Chart):
         plt.xlabel("batch size (log 2 axis); y: p50 latency in ms")
         for m in dict.fromkeys(line.method for line in view.lines):
             self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
-
-
-class ChartPane(Vertical):
-    """The four charts and a legend line; each chart gets every update, only the visible one paints."""
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self.rows: list[model.Row] = []
-        self.selected: model.Row | None = None
-        self._drawn: tuple | None = None
-        self._legend, self._legend_spans = "", []
-
-    def compose(self) -> ComposeResult:
-        with ContentSwitcher(initial="chart-params", id="chart-switcher"):
-            yield QualityChart("params", id="chart-params")
-            yield QualityChart("latency", id="chart-latency")
-            yield MemoryChart(id="chart-memory")
-            yield LatencyChart(id="chart-batch")
-        yield Static("", id="chart-legend")
-
-    @property
-    def charts(self) -> list[Chart]:
-        return list(self.query(Chart))
-
-    @property
-    def switcher(self) -> ContentSwitcher:
-        return self.query_one(ContentSwitcher)
-
-    @property
-    def current(self) -> Chart:
-        return self.switcher.get_child_by_id(self.switcher.current)
-
-    def show_rows(self, rows: list[model.Row], selected: model.Row | None,
-                  colors: dict[str, tuple[int, int, int]] | None = None) -> None:
-        """Redraw for new rows or another selected row; the same rows again (a keystroke in the
-        filter that matches the same rows) cost nothing."""
-        colors = colors if colors is not None else cd.method_colors(rows)
-        key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())))
-        if key == self._drawn:
-            return
-        self._drawn = key
-        self.rows, self.selected = rows, selected
-        for chart in self.charts:
-            chart.show_rows(rows, selected, colors)
-        self.update_legend()
-
-    def update_legend(self) -> None:
-        """Only when it changed: updating a Static lays the screen out again."""
-        legend = self.current.legend
-        if legend.plain != self._legend or legend.spans != self._legend_spans:
-            self._legend, self._legend_spans = legend.plain, list(legend.spans)
-            self.query_one("#chart-legend", Static).update(legend)
-
-    def cycle(self) -> str:
-        ids = [c.id for c in self.charts]
-        cur = self.switcher.current
-        self.switcher.current = ids[(ids.index(cur) + 1) % len(ids)] if cur in ids else ids[0]
-        self.update_legend()
-        return self.current.title
-
-    def show_chart(self, index: int) -> str:
-        self.switcher.current = self.charts[index].id
-        self.update_legend()
-        return self.charts[index].title
