@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from . import __version__, gate, listing, report
+from . import __version__, gate, gate_render, listing, report
 from .core import events as ev
 from .core.cells import is_cell_key
 from .core.store import RunStore, StorageError, describe
@@ -242,12 +242,13 @@ def cmd_compare(args) -> int:
     if args.deltas:
         print(report.render_compare(report.compare(base, new)) + "\n")
     result = gate.evaluate(base, new, tolerances)
-    rendered = {"table": gate.render_table, "markdown": gate.render_markdown, "junit": gate.render_junit,
-                "json": lambda r: json.dumps(gate.to_dicts(r), default=str, indent=1)}[args.format](result)
+    rendered = {"table": gate_render.render_table, "markdown": gate_render.render_markdown,
+                "junit": gate_render.render_junit,
+                "json": lambda r: json.dumps(gate_render.to_dicts(r), default=str, indent=1)}[args.format](result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(rendered if rendered.endswith("\n") else rendered + "\n")
-        print(gate.render_table(result))
+        print(gate_render.render_table(result))
         print(f"{args.format} written to {args.out}", file=sys.stderr)
     else:
         print(rendered)

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from conftest import write_suite
-from lowdim_bench import gate, report
+from lowdim_bench import gate, gate_render, report
 from lowdim_bench.cli import main
 
 INTER, CELL = "inference_interleaved", "inference"
@@ -199,19 +199,19 @@ def test_a_tolerance_naming_no_metric_is_noted():
 # ---- output -------------------------------------------------------------------------------------------
 def test_outputs_table_markdown_junit():
     res = gate.evaluate(baseline(), baseline(quality=0.5, flops=2000.0))
-    table = gate.render_table(res)
+    table = gate_render.render_table(res)
     assert table.splitlines()[0].split()[:3] == ["status", "task", "kind"]
     assert table.rstrip().endswith("gate FAILED: 8 checks, 2 regressions")
-    md = gate.render_markdown(res)
+    md = gate_render.render_markdown(res)
     assert md.startswith("### lowdim-bench gate: FAILED") and "| FAIL | t | adapt | m | 0.1 | quality |" in md
-    root = ET.fromstring(gate.render_junit(res).split("\n", 1)[1])
+    root = ET.fromstring(gate_render.render_junit(res).split("\n", 1)[1])
     suite = root.find("testsuite")
     cases = suite.findall("testcase")
     assert len(cases) == len(res.checks) and suite.get("failures") == "2"
     fail = next(c for c in cases if c.find("failure") is not None and c.get("name") == "quality")
     assert fail.get("classname") == "lowdim_bench.gate.t.adapt.m.0_1"
     assert "0.9 -> 0.5" in fail.find("failure").get("message") and "base=0.9 new=0.5" in fail.find("failure").text
-    assert json.loads(json.dumps(gate.to_dicts(res)))["passed"] is False
+    assert json.loads(json.dumps(gate_render.to_dicts(res)))["passed"] is False
 
 
 def test_interleaved_phase_name_matches_the_runner():
