@@ -30,7 +30,7 @@ from ..core.environment import collect
 from ..measure.latency import set_threads
 from ..measure.params import count_params
 from ..registry import Registry
-from . import artefacts, models
+from . import artefacts, models, warm
 from . import budget as budget_mod
 from .train import NonFiniteLoss, make_optimizer, train
 
@@ -210,9 +210,10 @@ def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = Non
     send(ev.CellFailed(cell.key, cell.label, *failure))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(watchdog: bool = True) -> None:
     """A worker must not outlive the run that started it (a killed parent leaves no hung worker):
-    the kernel kills it when its parent dies (Linux), and a watchdog thread checks too."""
+    the kernel kills it when its parent dies (Linux), and a watchdog thread checks too. A warm
+    server (run/preload.py) forks and so takes no thread; its cells die with it in turn."""
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -221,6 +222,8 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() != parent:  # the parent died before the prctl took effect
         os._exit(1)
+    if not watchdog:
+        return
 
     def watch() -> None:
         while True:
@@ -232,7 +235,8 @@ def _die_with_parent() -> None:
 
 
 def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads: int, device: str) -> None:
-    """Entry point of a worker process (spawned: a clean interpreter per cell)."""
+    """Entry point of a worker process: a clean interpreter per cell, spawned or forked from a warm
+    server (run/warm.py) that has run no cell."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it cancels, we are killed
     _die_with_parent()
     cell = Cell.from_dict(cell_dict)
@@ -240,7 +244,11 @@ def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads
     queue.put(ev.CellStarted(cell.key, cell.label, f"pid {os.getpid()}"))
     set_threads(threads or None)
     try:
-        execute(cell, run_id, queue.put, device=device, run_dir=run_dir)
+        problem = warm.child_problem(device)
+        if problem:
+            queue.put(ev.CellFailed(cell.key, cell.label, problem))
+        else:
+            execute(cell, run_id, queue.put, registry=warm.preloaded_registry(), device=device, run_dir=run_dir)
         queue.close()
         queue.join_thread()
     except BaseException:  # not even the report could be sent: say so through the exit code

@@ -1,0 +1,22 @@
+"""Run inside a warm cell process by tests/test_warm.py: what did the child inherit from its server?"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def probe(queue) -> None:
+    import torch
+
+    from lowdim_bench.run import warm
+
+    registry = warm.preloaded_registry()
+    queue.put({
+        "pid": os.getpid(), "ppid": os.getppid(),
+        "preloaded": "lowdim_bench.run.preload" in sys.modules,
+        "methods": sorted(registry.methods) if registry is not None else None,
+        "cuda_initialised": torch.cuda.is_initialized(),
+        "textual": any(m == "textual" or m.startswith("textual.") for m in sys.modules),
+        "dynamo": "torch._dynamo" in sys.modules,
+        "server_python_threads": getattr(sys.modules.get("lowdim_bench.run.preload"), "PYTHON_THREADS", None),
+    })
