@@ -65,20 +65,22 @@ def test_a_server_serves_one_environment_and_one_version_of_the_plugin_source(tm
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LOWDIM_BENCH_PLUGIN_MODULES", "my_warm_plugin")
     first = warm.fingerprint()
-    monkeypatch.setenv("PYTEST_CURRENT_TEST", "something else")  # changes all the time: not part of it
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "something else")  # read at run time: a child gets it anew
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "set by polars on import")
     assert warm.fingerprint() == first
     stamp = warm.code_stamp()
     os.utime(plugin, ns=(time.time_ns(), time.time_ns() + 10**9))  # the plugin was edited
     assert warm.code_stamp() != stamp and warm.fingerprint() != first
     again = warm.fingerprint()
-    monkeypatch.setenv("LOWDIM_BENCH_CACHE", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("LOWDIM_BENCH_BLOCK_PLUGINS", "lora")  # read when the server loads the plugins
     assert warm.fingerprint() != again
 
 
 @pytest.mark.slow
 @needs_warm
-def test_the_server_imported_everything_and_initialised_no_cuda(fake_plugins) -> None:
+def test_the_server_imported_everything_and_initialised_no_cuda(fake_plugins, monkeypatch) -> None:
     ctx = warm.context("warm")
+    monkeypatch.setenv("WARM_PROBE_VALUE", "set after the server started")
     q = ctx.Queue()
     import warm_probe
 
@@ -90,6 +92,7 @@ def test_the_server_imported_everything_and_initialised_no_cuda(fake_plugins) ->
     assert got["preloaded"] and got["dynamo"] and not got["textual"]
     assert "fake-fresh" in got["methods"]  # the plugins of this environment, loaded once in the server
     assert not got["cuda_initialised"]
+    assert got["env"] == "set after the server started"  # a child runs in the environment of now, as if spawned
     assert got["ppid"] != os.getpid()  # forked by the server, not by us
     assert got["server_python_threads"] == 1  # a process that forks keeps no Python thread of its own
 

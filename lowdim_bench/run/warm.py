@@ -38,8 +38,10 @@ ENV_START = "LOWDIM_BENCH_START"
 STARTS = ("warm", "spawn")
 # Imported in every server before it forks: `preload` imports torch, the worker and the registry.
 PRELOAD = ["lowdim_bench.run.preload"]
-# Variables that change while a process runs without changing what a cell does.
-VOLATILE_ENV = ("PYTEST_CURRENT_TEST",)
+# Environment variables read while the server imports (plugin selection, the import path, thread
+# pools and allocators set up at library load): a change needs another server. Every other
+# variable is read at run time, and a child gets the starting process's current ones.
+IMPORT_ENV = ("LOWDIM_BENCH_", "PYTHON", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "GOTO", "TORCH", "PYTORCH_", "LD_")
 MAX_SERVERS = 3
 
 
@@ -108,8 +110,9 @@ def code_stamp() -> str:
 
 
 def fingerprint() -> str:
-    """What a child inherits from its server: interpreter, sys.path, environment, plugin source."""
-    env = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE_ENV)
+    """What a child inherits from its server: interpreter, sys.path, the environment its imports
+    read, plugin source."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV))
     blob = repr((sys.executable, sys.path, env, code_stamp()))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -172,6 +175,7 @@ class _WarmPopen(popen_forkserver.Popen):
 
     def _launch(self, process_obj: "WarmProcess") -> None:
         srv = server(process_obj.warm_key)
+        process_obj.warm_env = dict(os.environ)  # as a spawned child would see it (CUDA_VISIBLE_DEVICES, ...)
         prep_data = spawn.get_preparation_data(process_obj._name)
         # Our target never lives in __main__, so the child need not run the main script or module
         # again (a `python -m lowdim_bench.cli` or a pytest main would be re-executed per cell).
@@ -194,10 +198,17 @@ class _WarmPopen(popen_forkserver.Popen):
 
 class WarmProcess(mp_context.ForkServerProcess):
     warm_key = ""  # set per instance by WarmContext; a plain string, so the process pickles
+    warm_env: dict[str, str] | None = None  # the starting process's environment when it started this one
 
     @staticmethod
     def _Popen(process_obj: "WarmProcess") -> _WarmPopen:
         return _WarmPopen(process_obj)
+
+    def run(self) -> None:
+        if self.warm_env is not None:
+            os.environ.clear()
+            os.environ.update(self.warm_env)
+        super().run()
 
 
 class WarmContext(mp_context.ForkServerContext):
