@@ -120,22 +120,47 @@ def one_run(mode: str, suite: str, jobs: int, tmp: Path) -> dict:
     return got
 
 
+def handoffs(timeline: list) -> list[float]:
+    """For each cell started in a slot another cell freed: seconds from that end to its start
+    (ends are matched to starts in order)."""
+    ends: list[float] = []
+    gaps = []
+    for name, _, t in timeline:
+        if name == "CellFinished":
+            ends.append(t)
+        elif name == "CellStarted" and ends:
+            gaps.append(t - ends.pop(0))
+    return gaps
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "none"
+    v = sorted(values)
+    return f"median {statistics.median(v):.3f} s, min {v[0]:.3f} s, max {v[-1]:.3f} s (n={len(v)})"
+
+
 def summarise(mode: str, got: dict, work: float, local_ids: set | None) -> list[str]:
     import polars as pl
 
     df = pl.read_parquet(got["run_dir"] / "records.parquet")
     durations = df.filter(pl.col("duration_s").is_not_null()).group_by("cell_key").agg(pl.col("duration_s").first())
     cells_sum = float(durations["duration_s"].sum())
-    lat = sorted(got["latency"].values())
+    rss = df.filter((pl.col("metric") == "memory_process_peak") & (pl.col("phase") == "train_step"))["value"]
     started = [t for name, _, t in got["timeline"] if name == "CellStarted"]
-    ready = [t for name, _, t in got["timeline"] if name == "executor_ready"]
     lines = [f"{mode:>5}: wall {got['wall']:6.1f} s   wall/work {got['wall'] / work:5.2f}x   "
-             f"cells' durations summed {cells_sum:6.1f} s   exit {got['code']}",
-             f"       cell start latency: median {statistics.median(lat):.3f} s, min {lat[0]:.3f} s, "
-             f"max {lat[-1]:.3f} s (n={len(lat)}); first cell started {started[0]:.1f} s into the run"
-             if lat else "       no start latency recorded"]
-    if mode == "ray" and ready:
-        lines.append(f"       Ray executor ready (init or join) after {ready[0]:.1f} s")
+             f"cells' durations summed {cells_sum:6.1f} s   exit {got['code']}"]
+    lat = list(got["latency"].values())
+    if mode == "ray":
+        ready = [t for name, _, t in got["timeline"] if name == "executor_ready"]
+        lines.append(f"       Ray ready (start or join) in {ready[0]:.1f} s; task submitted -> cell started "
+                     f"(queueing included): {spread(lat)}")
+    else:
+        lines.append(f"       cell start latency (process started -> it reported in): {spread(lat)}")
+    lines.append(f"       hand-off (a cell ended -> the next started): {spread(handoffs(got['timeline']))}; "
+                 f"first cell started {started[0]:.1f} s into the run" if started else "       no cell started")
+    if len(rss):
+        lines.append(f"       memory_process_peak (train step) median {float(rss.median()) / 2**20:.0f} MiB")
     if local_ids is not None:
         mine = identity(got["run_dir"])
         same = "yes" if mine == local_ids else f"NO ({len(mine ^ local_ids)} records differ)"

@@ -25,8 +25,11 @@ from typing import Any, Iterator
 
 from ..core import events as ev
 from ..core.cells import Cell
-from ..core.environment import resolve_device, usable_cores
-from .executor import LocalExecutor, RunInfo
+from . import warm
+
+# Light on purpose: a Ray worker imports this module to run a task, and torch, the registry and
+# the plugins are then imported by the node's warm server (started first, in run_cell) while
+# the worker itself imports the local executor, not one after the other.
 
 GRACE_S = 60.0  # past a cell's own limit, how long a Ray task may run on before it is cancelled from here
 ENV_PREFIXES = ("LOWDIM_BENCH_",)  # the driver's settings every task runs with (plugins, cache, start)
@@ -47,6 +50,9 @@ def import_ray() -> Any:
 def run_cell(cell_dict: dict, run_id: str, run_dir: str, threads: int, device: str) -> Iterator[ev.Event]:
     """The body of a cell's Ray task (runs on a Ray worker): the cell in a fresh local process, with
     the local executor's limits and failure reasons, its events yielded as they come."""
+    warm.prestart()
+    from .executor import LocalExecutor, RunInfo
+
     ray = import_ray()
     cell = Cell.from_dict(cell_dict)
     executor = LocalExecutor(device=device, jobs=1, threads=threads)
@@ -101,6 +107,8 @@ class RayExecutor:
 
     def __init__(self, device: str = "cpu", jobs: int = 1, threads: int = 0, address: str | None = None,
                  init_options: dict[str, Any] | None = None) -> None:
+        from ..core.environment import resolve_device, usable_cores
+
         self.ray = import_ray()
         self.device = resolve_device(device)
         self.cuda = self.device.startswith("cuda")
@@ -110,14 +118,16 @@ class RayExecutor:
         self.start_latency_s: dict[str, float] = {}  # cell key -> task submitted until it reported in
         self._pending: list[Cell] = []
         self._tasks: dict[str, _Task] = {}
-        self._run: RunInfo | None = None
+        self._run: Any = None  # executor.RunInfo
         self._stopped = False
         if not self.ray.is_initialized():
             options = {"include_dashboard": False, "log_to_driver": False, **(init_options or {})}
             self.ray.init(address=address, **options)
         self._remote = self.ray.remote(run_cell)
 
-    def submit(self, cells: list[Cell], run: RunInfo) -> None:
+    def submit(self, cells: list[Cell], run: Any) -> None:
+        from .executor import RunInfo
+
         self._run = RunInfo(run.run_id, Path(run.run_dir).resolve())  # workers may have another cwd
         self._pending.extend(cells)
 

@@ -159,13 +159,6 @@ def _reap() -> None:
             _retired.remove(pid)
 
 
-def stop_all() -> None:
-    """Stop every server (tests; a process that exits stops them anyway)."""
-    with _lock:
-        while _servers:
-            _retire(_servers.popitem()[1])
-
-
 # ---- the context, process and launcher ------------------------------------------------------------
 
 class _WarmPopen(popen_forkserver.Popen):
