@@ -218,8 +218,8 @@ def run_suites(limit: int, out: Path) -> None:
 
             df = pl.read_parquet(res.run_dir / "records.parquet")
             il = df.filter(pl.col("phase") == "inference_interleaved")
-            check("interleaved latency ran on CUDA", len(il) > 0 and all(str(d).startswith("cuda") for d in il["device"]),
-                  f"{len(il)} records")
+            on_cuda = all(str(d).startswith("cuda") for d in il["device"])
+            check("interleaved latency ran on CUDA", len(il) > 0 and on_cuda, f"{len(il)} records")
     for m in sorted(per_metric):
         problems = per_metric[m]
         check(f"metric {m}", not problems, "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))

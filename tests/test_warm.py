@@ -111,8 +111,10 @@ def test_every_cell_gets_a_fresh_process_and_a_crash_stays_in_its_cell(tmp_path,
     assert {"memory_peak", "params_total"} <= set(fresh["metric"])
     # one cell at a time: the killed cells came first, and the fresh cells after them still started
     # from the same server, each in a process of its own that reported in
-    order = [(type(e).__name__, e.label.split("/")[1]) for e in seen if isinstance(e, (ev.CellStarted, ev.CellFinished))]
-    assert order.index(("CellFinished", "fake-die[adapt] full seed=0")) < order.index(("CellStarted", "fake-fresh[adapt] full seed=0"))
+    order = [(type(e).__name__, e.label.split("/")[1]) for e in seen
+             if isinstance(e, (ev.CellStarted, ev.CellFinished))]
+    first_crash = order.index(("CellFinished", "fake-die[adapt] full seed=0"))
+    assert first_crash < order.index(("CellStarted", "fake-fresh[adapt] full seed=0"))
     assert len(executor.start_latency_s) == 4
 
 
