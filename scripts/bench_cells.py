@@ -57,9 +57,9 @@ def child(mode: str, suite: str, jobs: int, out: str, report: str) -> int:
         if isinstance(e, (ev.CellStarted, ev.CellFinished, ev.RunStarted, ev.RunFinished)):
             timeline.append((type(e).__name__, getattr(e, "key", ""), time.monotonic() - t0))
 
-    run_cells = cli.run_cells
+    run_cells = runner.run_cells
     runner.make_executor = spy
-    cli.run_cells = lambda *a, **k: run_cells(*a, **{**k, "listeners": [*k.get("listeners", []), listen]})
+    runner.run_cells = lambda *a, **k: run_cells(*a, **{**k, "listeners": [*k.get("listeners", []), listen]})
     argv = ["run", suite, "--jobs", str(jobs), "--out", out, "--executor", "ray" if mode == "ray" else "local"]
     code = cli.main(argv)
     latency = dict(getattr(made[0], "start_latency_s", {})) if made else {}

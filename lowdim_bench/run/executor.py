@@ -1,4 +1,4 @@
-"""Executors: where cells run. The protocol, and the local one (a spawned process per cell).
+"""Executors: where cells run. The protocol, and the local one (a new process per cell).
 
 An Executor takes cells (`submit`), streams typed events as its workers report them
 (`events`: CellStarted, Progress, RecordsReady, then CellDone, CellFailed or CellCancelled per
@@ -15,6 +15,7 @@ interpreter (`start="spawn"`). run/ray_executor.py sends the same cells to a Ray
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import signal
 import sys
@@ -139,7 +140,7 @@ class LocalExecutor:
             cell, slot = self._pending.popleft(), self._free.pop()
             proc = self._ctx.Process(target=process_main, daemon=True,
                                      args=(cell.__dict__, self._run.run_id, str(self._run.run_dir), self._queue,
-                                           self.threads, slot))
+                                           self.threads, slot, os.getpid()))
             t0 = time.monotonic()
             try:
                 proc.start()

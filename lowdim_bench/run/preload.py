@@ -58,9 +58,12 @@ def _load() -> tuple[object, bool]:
             os.environ[NVML_CHECK] = saved
 
 
-from .worker import _die_with_parent  # noqa: E402
+from . import lifetime  # noqa: E402 - the standard library only: armed before the heavy imports
 
-_die_with_parent(watchdog=False)  # no thread: a server that forks must stay single-threaded
+# No thread: a server that forks must stay single-threaded. Should the run die before the prctl, the
+# stdlib server still exits once it sees its alive pipe closed, after these imports.
+lifetime.die_with_parent(os.getppid(), watchdog=False)
+SERVER_PID = os.getpid()  # a forked cell's direct parent (warm.server_pid)
 _path = _parent_sys_path()
 if _path:
     sys.path[:] = _path

@@ -14,7 +14,7 @@ one fingerprint of those; a run in another environment (other plugins, another P
 set by CUDA_VISIBLE_DEVICES) or after plugin source changed gets a new server. The server
 imports, it never computes: CUDA is not initialised there, so every child may use any GPU.
 It dies with the process that started it (PR_SET_PDEATHSIG, in run/preload.py), and its
-children die with it (run/worker.py).
+children die with it (run/lifetime.py).
 
 `LOWDIM_BENCH_START=spawn` goes back to a spawned interpreter per cell (slow; for comparison,
 or where a plugin cannot live with fork).
@@ -219,6 +219,12 @@ class WarmContext(mp_context.ForkServerContext):
 
 
 # ---- inside a child -------------------------------------------------------------------------------
+
+def server_pid() -> int | None:
+    """The pid of the warm server that forked this child (its direct parent), or None (spawned)."""
+    preload = sys.modules.get("lowdim_bench.run.preload")
+    return getattr(preload, "SERVER_PID", None)
+
 
 def preloaded_registry() -> Any:
     """The registry the warm server loaded (inherited by this forked child), or None (spawned)."""
