@@ -26,7 +26,6 @@ from .core.store import RunStore, StorageError, describe
 from .plan import make_plan
 from .registry import PluginLoadError, Registry, UnknownName
 from .run import runner, warm
-from .run.executor import EXECUTORS
 from .suite import Overrides, SuiteError
 
 USAGE_ERROR = 2
@@ -100,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cells again")
     r.add_argument("--timeout", type=float, help="override the per-cell time limit (seconds)")
     r.add_argument("--format", choices=["table", "json", "markdown"], default="table")
-    r.add_argument("--executor", choices=list(EXECUTORS), default="local",
+    r.add_argument("--executor", choices=list(runner.EXECUTORS), default="local",
                    help="where cells run: local processes (default) or a Ray cluster (docs/scale.md)")
     r.add_argument("--address", help="with --executor ray: the cluster to join (e.g. auto, ray://head:10001); "
                    "default: this machine's cluster, or a new local one")

@@ -183,3 +183,25 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _lifetime_probe(parent: int, via: int | None) -> None:
+    from lowdim_bench.run import lifetime
+
+    lifetime.die_with_parent(parent, via=via, watchdog=False)
+    os._exit(0)
+
+
+def test_a_forked_cell_checks_the_run_as_well_as_the_process_that_forked_it() -> None:
+    """A warm cell's direct parent is its server, not the run: both are checked at start."""
+    import multiprocessing as mp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ctx = mp.get_context("fork")
+    for parent, via, code in [(os.getpid(), None, 0), (os.getpid(), os.getpid(), 0),
+                              (dead.pid, os.getpid(), 1), (os.getpid(), dead.pid, 1)]:
+        proc = ctx.Process(target=_lifetime_probe, args=(parent, via))
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == code, (parent, via)

@@ -199,19 +199,3 @@ class LocalExecutor:
             del self._running[key]
             self._free.append(r.slot)
 
-
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(kind: str = "local", device: str = "cpu", jobs: int = 1, threads: int = 0,
-                  address: str | None = None) -> Executor:
-    """The executor a run asked for by name (`--executor`); Ray is imported only when chosen."""
-    if kind == "local":
-        if address:
-            raise ValueError("--address names a Ray cluster; add --executor ray")
-        return LocalExecutor(device=device, jobs=jobs, threads=threads)
-    if kind == "ray":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor(device=device, jobs=jobs, threads=threads, address=address)
-    raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTORS)}")

@@ -23,7 +23,7 @@ from ..core.store import RunStore
 from ..measure import roofline
 from ..registry import Registry, UnknownName
 from . import analyses, interleave
-from .executor import Executor, RunInfo, make_executor
+from .executor import Executor, LocalExecutor, RunInfo
 
 
 @dataclass
@@ -170,3 +170,21 @@ def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[st
     ok_total = cell_status.count("ok")
     bus.emit(ev.RunFinished(run_id, str(store.dir), ok_total, failed_total, cancelled=not completed))
     return RunResult(store.dir, ok_total, failed_total, not completed)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(kind: str = "local", device: str = "cpu", jobs: int = 1, threads: int = 0,
+                  address: str | None = None) -> Executor:
+    """The executor a run asked for by name (`--executor`); Ray is imported only when chosen (here, not in
+    executor.py, which run/ray_executor.py imports)."""
+    if kind == "local":
+        if address:
+            raise ValueError("--address names a Ray cluster; add --executor ray")
+        return LocalExecutor(device=device, jobs=jobs, threads=threads)
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(device=device, jobs=jobs, threads=threads, address=address)
+    raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTORS)}")
