@@ -103,7 +103,7 @@ def identity(run_dir: Path) -> set[tuple]:
 
     df = pl.read_parquet(run_dir / "records.parquet")
     cols = ["cell_key", "method", "metric", "phase", "batch_size", "unit", "status", "device", "threads", "knob"]
-    return set(df.select(cols).rows())
+    return set(df.select(cols).rows()) | {("column", c) for c in df.columns}
 
 
 def one_run(mode: str, suite: str, jobs: int, tmp: Path) -> dict:
@@ -164,7 +164,7 @@ def summarise(mode: str, got: dict, work: float, local_ids: set | None) -> list[
     if local_ids is not None:
         mine = identity(got["run_dir"])
         same = "yes" if mine == local_ids else f"NO ({len(mine ^ local_ids)} records differ)"
-        lines.append(f"       same records as the warm local run (values aside): {same}")
+        lines.append(f"       same records and columns as the warm local run (values aside): {same}")
     return lines
 
 

@@ -2,7 +2,8 @@
 
 Why: a runner killed with SIGKILL cannot clean up, and a hung worker with no parent has no time
 limit left. The kernel kills the child when its parent dies (PR_SET_PDEATHSIG, Linux) and a
-watchdog thread checks the parent pid once a second (any POSIX system).
+watchdog thread checks the parent pid once a second (any POSIX system). A cell forked from a warm
+server (run/warm.py) dies with the server, which dies with the run.
 """
 from __future__ import annotations
 
