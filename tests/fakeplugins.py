@@ -113,6 +113,9 @@ class Hang(Method):
     kind = "adapt"
 
     def apply(self, model, size, ctx):
+        if os.environ.get("FAKE_PID_DIR"):  # lets a test find the process that hangs
+            with open(os.path.join(os.environ["FAKE_PID_DIR"], f"{os.getpid()}.pid"), "w") as f:
+                f.write(str(os.getpid()))
         time.sleep(120)
 
 
@@ -169,6 +172,21 @@ class Slow(Head):
         return super().apply(model, size, ctx)
 
 
+APPLIED = 0  # cells this process has applied a method for: 1 in every fresh worker
+
+
+class Fresh(Head):
+    """Fails unless its process has run no other cell: the worker-isolation check."""
+    name = "fake-fresh"
+
+    def apply(self, model, size, ctx):
+        global APPLIED
+        APPLIED += 1
+        if APPLIED != 1:
+            raise RuntimeError(f"this process already ran {APPLIED - 1} other cell(s)")
+        return super().apply(model, size, ctx)
+
+
 @hookimpl
 def register_tasks(register):
     register(TinyTask)
@@ -176,5 +194,5 @@ def register_tasks(register):
 
 @hookimpl
 def register_methods(register):
-    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, OutOfMemory, RealOutOfMemory, Mutator, Slow):
+    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, OutOfMemory, RealOutOfMemory, Mutator, Slow, Fresh):
         register(cls)

@@ -249,7 +249,9 @@ def test_ctrl_c_cancels_cleanly_and_prints_the_resume_command(tmp_path):
 def test_killing_the_parent_alone_takes_its_workers_down(tmp_path):
     suite = write_suite(tmp_path / "s.toml", 'name = "h"\nmeasure = []\ntimeout_s = 600\ntasks = ["tiny"]\n'
                                              '[methods.fake-hang]\n')
-    proc = _cli(tmp_path, "run", str(suite), "--out", "r", "--device", "cpu")
+    # spawned workers (the runner's own children); tests/test_warm.py kills a runner whose cells
+    # were forked from its warm server, the default
+    proc = _cli(tmp_path, "run", str(suite), "--out", "r", "--device", "cpu", LOWDIM_BENCH_START="spawn")
     deadline = time.monotonic() + 240
     workers: list[int] = []
     while time.monotonic() < deadline and not workers:

@@ -1,4 +1,4 @@
-"""Executors: where cells run. The protocol, and the local one (a spawned process per cell).
+"""Executors: where cells run. The protocol, and the local one (a new process per cell).
 
 An Executor takes cells (`submit`), streams typed events as its workers report them
 (`events`: CellStarted, Progress, RecordsReady, then CellDone, CellFailed or CellCancelled per
@@ -9,6 +9,8 @@ worker writes into its own cell's folder).
 Local: a worker that raises reports the error itself; one that dies (a segfault, the kernel's
 OOM killer) or overruns its limit is failed here from its exit code or the clock. Either way
 the other cells go on. On CPU `jobs` workers run side by side; on CUDA one worker per device.
+Each cell's process is new: forked from a warm server (run/warm.py) by default, or a spawned
+interpreter (`start="spawn"`). run/ray_executor.py sends the same cells to a Ray cluster.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import torch
 from ..core import events as ev
 from ..core.cells import Cell
 from ..core.environment import resolve_device, usable_cores
+from . import warm
 from .worker import REPORT_FAILED_EXIT, process_main
 
 
@@ -91,13 +95,16 @@ class _Running:
     slot: str
     deadline: float
     terminal: bool = False
+    started: float = 0.0
 
 
 class LocalExecutor:
-    def __init__(self, device: str = "cpu", jobs: int = 1, threads: int = 0) -> None:
+    def __init__(self, device: str = "cpu", jobs: int = 1, threads: int = 0, start: str | None = None) -> None:
         self.slots = device_slots(device, jobs)
         self.threads = worker_threads(self.slots, threads)
-        self._ctx = mp.get_context("spawn")
+        self.start = warm.start_method(start)
+        self._ctx = warm.context(self.start)
+        self.start_latency_s: dict[str, float] = {}  # cell key -> process start until it reported in
         self._queue = self._ctx.Queue()
         self._pending: deque[Cell] = deque()
         self._free = list(self.slots)
@@ -134,8 +141,18 @@ class LocalExecutor:
             proc = self._ctx.Process(target=process_main, daemon=True,
                                      args=(cell.__dict__, self._run.run_id, str(self._run.run_dir), self._queue,
                                            self.threads, slot, os.getpid()))
-            proc.start()
-            self._running[cell.key] = _Running(cell, proc, slot, time.monotonic() + cell.timeout_s)
+            t0 = time.monotonic()
+            try:
+                proc.start()
+            except (OSError, EOFError) as exc:  # the warm server died: the rest of the run spawns
+                if self.start == "spawn":
+                    raise
+                print(f"lowdim-bench: the warm process server failed ({type(exc).__name__}: {exc}); "
+                      "starting the remaining cells as spawned processes", file=sys.stderr)
+                self.start, self._ctx = "spawn", warm.context("spawn")
+                proc = self._ctx.Process(target=process_main, daemon=True, args=proc._args)
+                proc.start()
+            self._running[cell.key] = _Running(cell, proc, slot, time.monotonic() + cell.timeout_s, started=t0)
             yield ev.CellStarted(cell.key, cell.label, slot)
 
     def _drain(self, timeout: float) -> Iterator[ev.Event]:
@@ -150,6 +167,8 @@ class LocalExecutor:
                     running.terminal = True
                 if not isinstance(msg, ev.CellStarted):  # the executor announced the start itself
                     yield msg
+                else:
+                    self.start_latency_s[running.cell.key] = time.monotonic() - running.started
             try:
                 msg = self._queue.get_nowait()
             except queue_mod.Empty:
@@ -179,3 +198,4 @@ class LocalExecutor:
                 yield ev.CellCancelled(key)
             del self._running[key]
             self._free.append(r.slot)
+

@@ -5,7 +5,8 @@ shared machine a busy neighbour moved a median from 991 to 1722 us. Timed in one
 rounds (dense, lora, svd, dense, lora, svd, ...), a slow spell hits every method alike, so the
 ratios between them hold even when the absolute figures move.
 
-How: after all cells of a run finish, one fresh spawned process per task rebuilds each ok
+How: after all cells of a run finish, one fresh process per task (forked from the warm server,
+run/warm.py, or spawned) rebuilds each ok
 cell's deployed model - the method re-applied to the cell's start model (the cached base, or the
 task's seeded fresh model for `train` cells) at the knob the cell reached, with the same
 calibration inputs, then `Method.for_inference` - and times them with `time_interleaved`. The weights are not the trained
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import multiprocessing as mp
 import os
 import queue as queue_mod
 import secrets
@@ -43,7 +43,7 @@ from ..core.cells import Cell, is_cell_key
 from ..core.environment import collect
 from ..measure import latency
 from ..registry import Registry
-from . import lifetime, models
+from . import lifetime, models, warm
 
 PHASE = "inference_interleaved"
 KEY_PREFIX = "interleave:"
@@ -142,14 +142,14 @@ def _call(model: torch.nn.Module, inputs: api.Inputs) -> Callable[[], object]:
 
 def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str, queue: Any, threads: int,
                  device: str, parent: int) -> None:
-    """Entry point of the interleave process (spawned: a clean interpreter)."""
+    """Entry point of the interleave process (a clean interpreter: spawned, or forked from a warm server)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner handles Ctrl-C
-    lifetime.die_with_parent(parent)
+    lifetime.die_with_parent(parent, via=warm.server_pid())
     try:
         latency.set_threads(threads or None)
         cells = [Cell.from_dict(d) for d in cell_dicts]
-        recs = time_group(cells, {k: Reached(*v) for k, v in reached.items()}, Registry.load(),
-                          torch.device(device), run_id)
+        registry = warm.preloaded_registry() or Registry.load()
+        recs = time_group(cells, {k: Reached(*v) for k, v in reached.items()}, registry, torch.device(device), run_id)
         queue.put(("records", recs))
     except BaseException as exc:  # a plugin may raise anything
         queue.put(("error", f"{type(exc).__name__}: {str(exc)[:500]}", traceback.format_exc()))
@@ -159,8 +159,8 @@ def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str,
 
 def run_group(cells: list[Cell], reached: dict[str, Reached], run_id: str, threads: int, device: str,
               timeout_s: float) -> tuple[str, list[dict[str, Any]] | str]:
-    """Time one task's cells in a fresh spawned process. ("ok", records) or ("failed", reason)."""
-    ctx = mp.get_context("spawn")
+    """Time one task's cells in a fresh process. ("ok", records) or ("failed", reason)."""
+    ctx = warm.context()
     q = ctx.Queue()
     args = ([c.__dict__ for c in cells], {k: (r.knob, r.budget_reached) for k, r in reached.items()},
             run_id, q, threads, device, os.getpid())

@@ -69,7 +69,10 @@ def _calibrate(cells: list[Cell], executor: Executor) -> dict[str, Any] | None:
 def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry, out_dir: Path = Path("reports"),
               device: str = "cpu", jobs: int = 1, listeners: list[Callable] | None = None,
               resume: Path | None = None, retry_failed: bool = False,
-              should_stop: Callable[[], bool] = lambda: False, executor: Executor | None = None) -> RunResult:
+              should_stop: Callable[[], bool] = lambda: False, executor: Executor | None = None,
+              executor_kind: str = "local", address: str | None = None) -> RunResult:
+    """`executor`: one built by the caller; else one of `executor_kind` (local, ray at `address`),
+    built once the cells (and their protocol's thread count) are known."""
     bus = ev.EventBus(listeners)
     env = collect(resolve_device(device))
     if resume is not None:
@@ -81,7 +84,8 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
         store = RunStore.create(out_dir, suite_meta, cells, env)
         done = set()
     try:
-        return _run(store, cells, done, suite_meta, registry, env, bus, device, jobs, should_stop, executor)
+        return _run(store, cells, done, suite_meta, registry, env, bus, device, jobs, should_stop, executor,
+                    (executor_kind, address))
     except BaseException:  # Ctrl-C twice, a full disk: the folder must not say "running" for ever
         try:
             store.set_status("cancelled")
@@ -94,11 +98,11 @@ def run_cells(cells: list[Cell], suite_meta: dict[str, Any], registry: Registry,
 
 def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[str, Any], registry: Registry,
          env: dict[str, Any], bus: ev.EventBus, device: str, jobs: int, should_stop: Callable[[], bool],
-         executor: Executor | None) -> RunResult:
+         executor: Executor | None, kind: tuple[str, str | None] = ("local", None)) -> RunResult:
     todo = [c for c in cells if c.key not in done]
     run_id = store.run_id
     protocol_threads = int(cells[0].protocol.get("threads", 0)) if cells else 0
-    executor = executor or LocalExecutor(device=device, jobs=jobs, threads=protocol_threads)
+    executor = executor or make_executor(kind[0], device=device, jobs=jobs, threads=protocol_threads, address=kind[1])
     if todo:
         meta = store.meta()
         meta.setdefault("environment", {})["roofline"] = _calibrate(todo, executor)
@@ -166,3 +170,21 @@ def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[st
     ok_total = cell_status.count("ok")
     bus.emit(ev.RunFinished(run_id, str(store.dir), ok_total, failed_total, cancelled=not completed))
     return RunResult(store.dir, ok_total, failed_total, not completed)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(kind: str = "local", device: str = "cpu", jobs: int = 1, threads: int = 0,
+                  address: str | None = None) -> Executor:
+    """The executor a run asked for by name (`--executor`); Ray is imported only when chosen (here, not in
+    executor.py, which run/ray_executor.py imports)."""
+    if kind == "local":
+        if address:
+            raise ValueError("--address names a Ray cluster; add --executor ray")
+        return LocalExecutor(device=device, jobs=jobs, threads=threads)
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(device=device, jobs=jobs, threads=threads, address=address)
+    raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTORS)}")

@@ -26,7 +26,7 @@ from ..core.environment import collect
 from ..measure.latency import set_threads
 from ..measure.params import count_params
 from ..registry import Registry
-from . import artefacts, lifetime, models
+from . import artefacts, lifetime, models, warm
 from . import budget as budget_mod
 from .train import NonFiniteLoss, make_optimizer, train
 
@@ -213,15 +213,20 @@ def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = Non
 
 def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads: int, device: str,
                  parent: int) -> None:
-    """Entry point of a worker process (spawned: a clean interpreter per cell)."""
+    """Entry point of a worker process: a clean interpreter per cell, spawned or forked from a warm
+    server (run/warm.py) that has run no cell. `parent` is the run's pid (the executor's process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it cancels, we are killed
-    lifetime.die_with_parent(parent)
+    lifetime.die_with_parent(parent, via=warm.server_pid())
     cell = Cell.from_dict(cell_dict)
     # report at once: this starts the queue's feeder thread while memory is still there to start it
     queue.put(ev.CellStarted(cell.key, cell.label, f"pid {os.getpid()}"))
     set_threads(threads or None)
     try:
-        execute(cell, run_id, queue.put, device=device, run_dir=run_dir)
+        problem = warm.child_problem(device)
+        if problem:
+            queue.put(ev.CellFailed(cell.key, cell.label, problem))
+        else:
+            execute(cell, run_id, queue.put, registry=warm.preloaded_registry(), device=device, run_dir=run_dir)
         queue.close()
         queue.join_thread()
     except BaseException:  # not even the report could be sent: say so through the exit code
