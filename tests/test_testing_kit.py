@@ -193,6 +193,11 @@ SMALL.update({"ctr": _CTR_SMALL, "ctr-autoint": _CTR_SMALL})
 # Plugins that only work on their own family's task (embedding-table methods, the ctr metric):
 # the kit runs them there, at test size (name -> (task, method hyper-parameters)).
 OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ctr": ("ctr", {})}
+# Problems at test size; solvers run on their own problem (the solve checks solve it four times).
+SMALL.update({"matrix-completion": {"m": 100, "n": 100, "rank": 3, "p": 0.3},
+              "lp-regression": {"rows": 400, "d": 4, "directions": 16}})
+SOLVER_SMALL = {"quickselection": {"epochs": 2, "hidden": 200}, "dense-ae": {"epochs": 2, "hidden": 200},
+                "softimpute": {"rounds": 10}, "lp-sensitivity": {"iters": 3}}
 
 
 def _builtin_entries():
@@ -223,6 +228,8 @@ def _builtin_entries():
 def test_builtin_plugin_passes_the_kit(what, name, kind):
     reg = Registry.load()
     own, hparams = OWN_TASK.get(name, (None, {}))
+    if what == "method" and kind == "solve":
+        own, hparams = reg.method(name).cls.problem, SOLVER_SMALL.get(name, {})
     task = reg.task(own).cls(**SMALL.get(own, {})) if own else None
     if what == "method":
         results = check_method(reg.method(name).cls, task, kind=kind, **hparams)
