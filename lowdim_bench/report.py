@@ -76,7 +76,8 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
     # rows of the table are cells: records of a pass over the run that name no cell (a failed
     # interleave group, an analysis's cross-cell values) live in their own files, not here
     df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
-                   & pl.col("step").is_null())  # series (a solver's error per round) are curves, not figures
+                   & pl.col("step").is_null()  # series (a solver's error per round) are curves, not figures
+                   & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
     if df.is_empty():
         return pl.DataFrame()
     df = _with_size(df)
