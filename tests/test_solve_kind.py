@@ -241,6 +241,27 @@ def test_trace_curves_against_steps_and_seconds():
         traces.curves(rows, against="rounds")
 
 
+def test_the_app_trace_chart_follows_the_selected_solve_task():
+    from lowdim_bench.tui.table import Row
+
+    recs = {}
+    for method, start in (("altmin", 1.0), ("softimpute", 0.5)):
+        group = ("mc", "solve", method, "knob 3")
+        recs[group] = [_rec("rel_error", start / 1000, 0, method=method)]
+        recs[group] += [_rec("trace_rel_error", start * 10.0 ** -i, 0, i, method) for i in range(4)]
+        recs[group] += [_rec("trace_seconds", 0.1 * (i + 1), 0, i, method) for i in range(4)]
+        recs[group] += [_rec("trace_loss", 5.0, 0, i, method) for i in range(4)]
+    rows = [Row(g, {}, [], False, 0) for g in recs]
+    neural = Row(("digits", "train", "lora", "0.1"), {}, [], False, 0)
+    assert traces.trace_view([neural], neural, {}) is None  # no solve rows: the chart says so
+    view = traces.trace_view([neural] + rows, neural, recs)  # a neural row selected: the first solve task
+    assert view.task == "mc" and view.value == "rel_error"  # the scored value, not the solver's loss
+    assert [c.method for c in view.curves] == ["altmin", "softimpute"] and view.log_y
+    assert view.curves[1].y == [0.5, 0.05, 0.005, 0.0005]
+    by_time = traces.trace_view(rows, rows[1], recs, against="seconds")
+    assert by_time.curves[0].x == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
 # ---- through the CLI ------------------------------------------------------------------------------
 E2E = textwrap.dedent("""
     name = "solve-e2e"
@@ -263,18 +284,19 @@ E2E = textwrap.dedent("""
     n = 60
     rank = 2
     p = 0.8
-    [methods.altmin]
+    [methods.altmin-fast]
     knobs = [2]
     rounds = 3
     [methods.pomega-svd]
     knobs = [2]
+    tasks = ["mc-c"]  # the claim's only; 12 cells in all (each a process: keep CI lean)
     [[scaling]]
     name = "work"
     x = "instance_observed"
-    y = "flops_round"
-    methods = ["altmin"]
+    y = "flops_round_omega"
+    methods = ["altmin-fast"]
     [[scaling.checks]]
-    a = "altmin"
+    a = "altmin-fast"
     relation = "exponent_near"
     value = 1.0
     tolerance = 0.2
@@ -283,7 +305,7 @@ E2E = textwrap.dedent("""
     text = "alternating rounds improve on the spectral start"
     task = "mc-c"
     [[claims.checks]]
-    a = "altmin@knob 2"
+    a = "altmin-fast@knob 2"
     b = "pomega-svd@knob 2"
 """)
 
@@ -305,7 +327,9 @@ def test_a_solve_suite_runs_through_the_cli(tmp_path):
     scaling = pl.read_csv(run_dir / "scaling.csv")
     fit = scaling.filter(pl.col("what") == "exponent").to_dicts()[0]
     assert fit["seeds"] == 3 and fit["sizes"] == 3
-    assert abs(fit["exponent"] - 1.0) < 0.2  # declared FLOPs per round grow linearly in |Omega| at fixed k
+    # the |Omega| part of robust AltMin's declared FLOPs per round is linear in |Omega| at fixed k (the
+    # whole round is not at 60 x 60: its per-row k^2 and k^3 terms are a large share there)
+    assert abs(fit["exponent"] - 1.0) < 0.05
     assert scaling.filter(pl.col("what") == "check")["verdict"].to_list() == ["held"]
     summary = (run_dir / "summary.md").read_text()
     assert "Solve rows" in summary and "## Scaling" in summary

@@ -110,7 +110,7 @@ class LowdimApp(App[int]):
         self.set_interval(RUNS_POLL_S, self.poll_runs)
 
     def mount_charts(self) -> None:
-        """The chart pane (plotext and four plots) after the first frame: it is not on the first
+        """The chart pane (plotext and its plots) after the first frame: it is not on the first
         tab, and importing and composing it was a tenth of the time to first paint."""
         from .widgets.charts import ChartPane
 
@@ -118,7 +118,7 @@ class LowdimApp(App[int]):
         self.query_one("#tab-results").mount(pane)
         table = self.query_one(ResultsTable)
         if table.data is not None:
-            pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows))
+            pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows), table.data.records)
 
     @property
     def running(self) -> bool:
@@ -291,8 +291,9 @@ class LowdimApp(App[int]):
             self._chart_timer.stop()
         data = self.query_one(ResultsTable).data
         colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
+        records = data.records if data else {}
         self._chart_timer = self.set_timer(0.15, lambda e=event: self._each("#charts", "show_rows", e.rows, e.selected,
-                                                                            colors))
+                                                                            colors, records))
 
     def _each(self, widget: type, method: str, *args: Any) -> None:
         """A deferred call; the widget may be gone when the app is closing."""

@@ -21,6 +21,7 @@ class Curve:
     label: str  # "altmin knob 8 seed 0"
     x: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
+    method: str = ""  # the colour key (a method keeps its colour in every chart)
 
 
 def traced_values(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -61,7 +62,7 @@ def curves(records: Iterable[dict[str, Any]], value: str = "rel_error", against:
     for key in sorted(ys, key=lambda k: tuple(str(x) for x in k)):
         task, method, size, seed = key
         curve = Curve(f"{method} {size} seed {seed}" if len({k[0] for k in ys}) == 1 else
-                      f"{task}/{method} {size} seed {seed}")
+                      f"{task}/{method} {size} seed {seed}", method=str(method))
         for step in sorted(ys[key]):
             x = float(step) if against == "step" else ts.get(key, {}).get(step, math.nan)
             y = ys[key][step]
@@ -71,3 +72,36 @@ def curves(records: Iterable[dict[str, Any]], value: str = "rel_error", against:
         if curve.x:
             out.append(curve)
     return out
+
+
+@dataclass
+class TraceView:
+    """What the app's trace chart draws: the solve rows of one task, one traced value."""
+
+    task: str
+    value: str  # the traced value drawn (the problem's headline when it traced it)
+    against: str  # "step" or "seconds"
+    curves: list[Curve]
+    log_y: bool  # errors fall over decades: a log axis when every y > 0 and they span 100x
+    others: int = 0  # how many other tasks have solve rows (`k` in the table moves between them)
+
+
+def trace_view(rows: list[Any], selected: Any | None, records: dict[tuple, list[dict[str, Any]]],
+               against: str = "step") -> TraceView | None:
+    """The selected row's task if it is a solve row, else the first task with solve rows: every
+    traced curve of its rows. None when no shown row is a solve row with a trace."""
+    tasks = list(dict.fromkeys(r.group[0] for r in rows if r.group[1] == "solve"))
+    if not tasks:
+        return None
+    task = selected.group[0] if selected is not None and selected.group[:2] in {(t, "solve") for t in tasks} \
+        else tasks[0]
+    recs = [r for row in rows if row.group[:2] == (task, "solve") for r in records.get(row.group, [])]
+    names = traced_values(recs)
+    if not names:
+        return None
+    scored = {r.get("metric") for r in recs if r.get("step") is None}
+    value = next((n for n in names if n in scored), names[0])  # progress() names the problem's scores
+    drawn = curves(recs, value, against)
+    ys = [y for c in drawn for y in c.y]
+    log_y = bool(ys) and min(ys) > 0 and max(ys) / min(ys) >= 100
+    return TraceView(task, value, against, drawn, log_y, len(tasks) - 1)

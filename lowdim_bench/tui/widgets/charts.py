@@ -22,6 +22,7 @@ from textual_plotext import PlotextPlot
 
 from .. import chartdata as cd
 from .. import model
+from .. import traces
 
 DOT, SELECTED = "●", "◆"
 LINE, RANGE = "·", "│"  # cell-aligned: plotext draws braille lines half a row off the markers
@@ -37,6 +38,7 @@ class Chart(PlotextPlot):
         self.method_colors: dict[str, tuple[int, int, int]] = {}
         self._version = 0
         self._cache: tuple[tuple, Text] | None = None
+        self.records: dict[tuple, list[dict]] = {}  # every record of a row, by row group (the pane sets it)
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
                   colors: dict[str, tuple[int, int, int]]) -> None:
@@ -180,8 +182,42 @@ class LatencyChart(Chart):
             self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
 
 
+class TraceChart(Chart):
+    """A solve task's traced error against rounds or the solver's own seconds: one line per
+    (method, size, seed), coloured per method (lowdim_bench/tui/traces.py makes the curves)."""
+
+    def __init__(self, against: str, **kw) -> None:
+        super().__init__(**kw)
+        self.against = against
+        self.title = "error vs rounds" if against == "step" else "error vs seconds"
+
+    def draw(self, plt, rows, selected) -> None:
+        view = traces.trace_view(rows, selected, self.records, self.against)
+        self.data = view
+        if view is None or not view.curves:
+            plt.title(f"{self.title}: no traced solve rows yet")
+            return
+        ty = (lambda v: math.log10(v)) if view.log_y else (lambda v: v)
+        xs = [x for c in view.curves for x in c.x]
+        ys = [y for c in view.curves for y in c.y]
+        plt.title(f"{view.task} · solve: {view.value} vs {'rounds' if view.against == 'step' else 'seconds'}"
+                  + (" (log y)" if view.log_y else ""))
+        axis(plt, "x", cd.nice_ticks(min(xs), max(xs)), min(xs), max(xs), 0.03)
+        lo, hi = min(ys), max(ys)
+        axis(plt, "y", cd.log_ticks(lo, hi) if view.log_y else cd.nice_ticks(lo, hi, n=4), ty(lo), ty(hi), 0.04)
+        for c in view.curves:
+            color = self.method_colors.get(c.method, cd.PALETTE[0])
+            plt.plot(c.x, [ty(y) for y in c.y], marker=LINE, color=color)
+            plt.scatter(c.x[-1:], [ty(c.y[-1])], marker=DOT, color=color)
+        plt.xlabel("round (the solver's iteration)" if view.against == "step" else "solver seconds (scoring left out)")
+        for m in dict.fromkeys(c.method for c in view.curves):
+            self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
+        if view.others:
+            self.legend.append(f"[k: next of {view.others + 1} solve tasks]", style="dim")
+
+
 class ChartPane(Vertical):
-    """The four charts and a legend line; each chart gets every update, only the visible one paints."""
+    """The charts and a legend line; each chart gets every update, only the visible one paints."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -196,6 +232,8 @@ class ChartPane(Vertical):
             yield QualityChart("latency", id="chart-latency")
             yield MemoryChart(id="chart-memory")
             yield LatencyChart(id="chart-batch")
+            yield TraceChart("step", id="chart-trace-rounds")
+            yield TraceChart("seconds", id="chart-trace-seconds")
         yield Static("", id="chart-legend")
 
     @property
@@ -211,16 +249,20 @@ class ChartPane(Vertical):
         return self.switcher.get_child_by_id(self.switcher.current)
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
-                  colors: dict[str, tuple[int, int, int]] | None = None) -> None:
+                  colors: dict[str, tuple[int, int, int]] | None = None,
+                  records: dict[tuple, list[dict]] | None = None) -> None:
         """Redraw for new rows or another selected row; the same rows again (a keystroke in the
-        filter that matches the same rows) cost nothing."""
+        filter that matches the same rows) cost nothing. `records`: every record of a row by
+        its group (the trace charts draw series records, which the rows do not hold)."""
         colors = colors if colors is not None else cd.method_colors(rows)
-        key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())))
+        records = records if records is not None else {}
+        key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())), id(records))
         if key == self._drawn:
             return
         self._drawn = key
         self.rows, self.selected = rows, selected
         for chart in self.charts:
+            chart.records = records
             chart.show_rows(rows, selected, colors)
         self.update_legend()
 
