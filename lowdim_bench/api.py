@@ -10,6 +10,7 @@ the analyses read the run's records and saved artefacts. docs/plugins.md documen
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -21,12 +22,15 @@ from .analysis import (Analysis, AnalysisContext, AnalysisRecord, AnalysisResult
                        ConfigError, SuiteView)
 from .hparams import Param, PluginError, check_all
 from .inputs import Inputs, to_device
+from .solving import Instance, Solution, Stopwatch, Trace, TraceLog, no_trace, numpy_rng, split_seed
 
 __all__ = ["KINDS", "PluginError", "ConfigError", "Param", "Knob", "Quality", "Recipe", "Inputs", "ApplyContext",
            "Measurement", "MeasureContext", "Method", "Task", "Metric", "Analysis", "AnalysisContext",
-           "AnalysisResult", "AnalysisRecord", "Artefacts", "ArtefactInfo", "SuiteView", "trainable", "to_device"]
+           "AnalysisResult", "AnalysisRecord", "Artefacts", "ArtefactInfo", "SuiteView", "trainable", "to_device",
+           "Problem", "Solver", "Instance", "Solution", "Stopwatch", "Trace", "TraceLog", "no_trace", "numpy_rng",
+           "split_seed"]
 
-KINDS = ("compress", "adapt", "train", "head", "merge")
+KINDS = ("compress", "adapt", "train", "head", "merge", "solve")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ class ApplyContext:
 @dataclass
 class Measurement:
     """One measured value. `phase`, `batch_size` and `seq_len` qualify it (latency of inference at
-    batch 64 and 128 tokens); `higher_is_better` is its direction (None: not a score or a cost)."""
+    batch 64 and 128 tokens); `higher_is_better` is its direction (None: not a score or a cost).
+    `step` makes it a point of a series (a solver's error at round `step`): series are kept out of
+    the summary table and drawn as curves."""
 
     metric: str
     value: float
@@ -108,6 +114,7 @@ class Measurement:
     batch_size: int | None = None
     higher_is_better: bool | None = None
     seq_len: int | None = None
+    step: int | None = None
 
 
 def _derive_defaults(cls: type) -> None:
@@ -334,3 +341,73 @@ class Metric:
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         """Measure on `ctx.device`; never train or change the models (deep-copy first)."""
         raise NotImplementedError
+
+
+# ---- the solve kind: problems and the algorithms that solve them ---------------------------------
+class Problem(Task):
+    """A task of the `solve` kind: seeded problem instances and their scorer; there is no model.
+
+    Some papers compare algorithms, not network layers (matrix completion, row sampling, feature
+    selection). `instance(split, seed)` makes one instance per split: "val" tunes a solver's own
+    settings, "test" is scored. `score` returns named Measurements, each with its direction; the
+    one named `quality.name` is the headline. `size` is the knob solvers are compared at (rank,
+    samples, features): a solve cell's budget. `progress` scores an iterate cheaply (traces)."""
+
+    size: ClassVar[Knob]
+    budget_scope: ClassVar[str] = "the problem's size knob (no parameters)"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = check_all(type(self), "problem", options)
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Cross-field checks of the options (raise PluginError naming the values)."""
+
+    def instance(self, split: str, seed: int) -> Instance:
+        raise NotImplementedError
+
+    def score(self, instance: Instance, solution: Any) -> dict[str, Measurement]:
+        raise NotImplementedError
+
+    def progress(self, instance: Instance, estimate: Any) -> dict[str, float]:
+        """The headline (and any cheap figure) of an iterate, by name; {}: the problem has none."""
+        return {}
+
+    def size_range(self, instance: Instance) -> tuple[int, int]:
+        """Smallest and largest size that makes sense for this instance."""
+        raise NotImplementedError
+
+
+class Solver(Method):
+    """A Method of the `solve` kind: an algorithm for the Problem named `problem`.
+
+    `solve` draws every random number from `generator` and may call `trace(iteration,
+    seconds=..., round_seconds=..., estimate=...)` once per iteration, `seconds` its own
+    cumulative time (a Stopwatch that leaves the trace calls out). `tune`: a small grid of its own
+    settings the harness tries on the "val" instance, keeping the best headline (a setting the
+    suite fixes is not tuned). `flops` declares FLOPs ({"round": ..., "total": ...}) where known.
+    """
+
+    kind: ClassVar[str] = "solve"
+    knob: ClassVar[Knob | None] = Knob("size", low=1, help="the problem's size: rank, samples, features")
+    problem: ClassVar[str]
+    tune: ClassVar[dict[str, list[Any]]] = {}
+    source: ClassVar[str] = ""  # the paper, for `list methods --verbose`
+
+    def solve(self, data: Any, size: int, generator: torch.Generator, trace: Trace = no_trace) -> Solution:
+        raise NotImplementedError
+
+    def flops(self, data: Any, size: int) -> dict[str, float]:
+        return {}
+
+    def iterations(self) -> int | None:
+        """How many iterations `solve` traces at most (the progress display); None: not known."""
+        return None
+
+    def check_size(self, size: Any, low: int, high: int) -> int:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not low <= size <= high:
+            raise PluginError(f"solver {self.name!r}: size = {size!r} must be an int in [{low}, {high}]")
+        return int(size)
+
+    def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
+        raise PluginError(f"solver {self.name!r} solves problem instances (kind 'solve'); it has no model to apply to")

@@ -139,7 +139,7 @@ KEY = report.GROUP  # task, kind, method, size
 
 def per_seed_table(df: pl.DataFrame) -> pl.DataFrame:
     """ok records -> one row per (task, kind, method, size, seed, column) with its mean value."""
-    df = report._with_size(df.filter(pl.col("status") == "ok"))
+    df = report._with_size(df.filter((pl.col("status") == "ok") & pl.col("step").is_null()))
     df = df.with_columns(pl.struct(["metric", "phase", "batch_size"]).map_elements(
         lambda s: report.column_name(s["metric"], s["phase"], s["batch_size"]), return_dtype=pl.Utf8).alias("column"))
     return df.group_by(KEY + ["seed", "column"]).agg(pl.col("value").mean(), pl.col("higher_is_better").first(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import api
 from .hparams import declared
 from .measure.params import count_params
 from .registry import Provided, Registry
@@ -48,11 +49,15 @@ def _method(name: str, prov: Provided, verbose: bool) -> list[str]:
         return [head]
     lines = [head]
     if cls.knob is not None:
-        hi = "model-dependent" if cls.knob.high is None else f"{cls.knob.high:g}"
+        open_end = "the instance's largest size" if issubclass(cls, api.Solver) else "model-dependent"
+        hi = open_end if cls.knob.high is None else f"{cls.knob.high:g}"
         lines.append(f"    knob {cls.knob.name}: {'integer' if cls.knob.integer else 'real'} in [{cls.knob.low:g}, {hi}]"
                      + (f"  {cls.knob.help}" if cls.knob.help else ""))
     if cls.reference:
         lines.append("    the default reference entry of a suite")
+    if issubclass(cls, api.Solver):
+        lines.append(f"    solves: {cls.problem}" + (f"; tuned on the val instance over {cls.tune}" if cls.tune else "")
+                     + (f"\n    source: {cls.source}" if cls.source else ""))
     return lines + settings_table(cls) + [""]
 
 
@@ -62,8 +67,12 @@ def _task(name: str, prov: Provided, verbose: bool) -> list[str]:
     if not verbose:
         return [head]
     q = cls.quality
-    lines = [head, f"    quality: {q.name} ({q.unit}, {'higher' if q.higher_is_better else 'lower'} is better); "
+    lines = [head, f"    quality: {q.name} ({q.unit or 'no unit'}, {'higher' if q.higher_is_better else 'lower'} is better); "
                    f"budgets count: {cls.budget_scope}"]
+    if issubclass(cls, api.Problem):  # no model: its size knob instead
+        k = cls.size
+        lines.append(f"    size knob {k.name}: {'integer' if k.integer else 'real'} >= {k.low:g}  {k.help}".rstrip())
+        return lines + settings_table(cls) + [""]
     try:
         task = cls()
         model = task.pretrained("target", 0) or task.make_model(0)

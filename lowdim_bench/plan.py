@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import api
 from .core.cells import Cell
 from .core.environment import check_device
 from .registry import Registry
@@ -74,11 +75,20 @@ def _refuse_duplicates(cells: list[Cell]) -> None:
         seen[c.key] = c
 
 
+def runs_on(task_cls: type, method_cls: type, kind: str) -> bool:
+    """Whether a method runs on a task under a kind: a solver on its own problem only, and no
+    other kind on a problem (a problem has no model)."""
+    if issubclass(task_cls, api.Problem):
+        return kind == "solve" and getattr(method_cls, "problem", None) == task_cls.name
+    return kind != "solve"
+
+
 def expand(suite: Suite, registry: Registry, device: str = "cpu") -> list[Cell]:
     """Suite -> cells: task x method entry x kind x (budget | knob) x seed.
 
     Methods with several kinds (dense) run under the kinds the suite's other methods use, as
-    their reference, unless the suite names kinds for them.
+    their reference, unless the suite names kinds for them. Solvers pair with their own problem
+    only (`runs_on`); a solve cell has no recipe, lr grid or metrics (it measures itself).
     """
     used_kinds = {registry.method(m.name).cls.kind for m in suite.methods
                   if len(registry.method(m.name).cls.supported_kinds()) == 1}
@@ -98,16 +108,21 @@ def expand(suite: Suite, registry: Registry, device: str = "cpu") -> list[Cell]:
             else:
                 sizes = [(b, None) for b in (entry.budgets or suite.budgets)]
             versions = {"method": prov.code_version, "task": task_p.code_version,
-                        **{f"metric:{m}": registry.metric(m).code_version for m in suite.measure}}
+                        **{f"metric:{m}": registry.metric(m).code_version for m in suite.measure
+                           if not issubclass(task_p.cls, api.Problem)}}
             for kind in kinds:
+                if not runs_on(task_p.cls, cls, kind):
+                    continue
+                solve = kind == "solve"
                 for budget, knob in sizes:
                     for seed in suite.seeds:
                         cells.append(Cell(
                             suite=suite.name, suite_version=suite.version, task=spec.task,
                             task_options=spec.options, method=entry.name, hparams=entry.hparams,
                             kind=kind, budget=budget, knob=knob, seed=seed, device=device,
-                            recipe={**suite.recipe, **spec.recipe, **entry.recipe},
-                            lr_grid=entry.lr_grid or suite.lr_grid, measure=suite.measure,
+                            recipe={} if solve else {**suite.recipe, **spec.recipe, **entry.recipe},
+                            lr_grid=[] if solve else entry.lr_grid or suite.lr_grid,
+                            measure=[] if solve else suite.measure,
                             protocol=suite.protocol, timeout_s=entry.timeout_s or suite.timeout_s,
                             alias=entry.alias, versions=versions, reference=entry.shown_name == suite.reference,
                             save=list(suite.save), task_alias=shown_task if shown_task != spec.task else "",

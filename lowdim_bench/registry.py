@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import api, hookspecs
+from .hparams import declared
 
 GROUP = "lowdim_bench"
 BUILTIN_DIST = "lowdim-bench"
@@ -136,6 +137,21 @@ def _allow_list() -> set[str] | None:
     if raw is None:
         return None
     return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+def _check_tune_grid(cls: type, name: str) -> None:
+    """A solver's `tune` grid names declared settings, each value valid for it (else the plugin is broken)."""
+    table = declared(cls)
+    if not isinstance(cls.tune, dict):
+        raise api.PluginError(f"solver {name!r}: `tune` must be a dict of setting -> list of values")
+    for key, values in cls.tune.items():
+        if key not in table:
+            raise api.PluginError(f"solver {name!r}: `tune` names {key!r}, which is not one of its settings "
+                                  f"{sorted(table)}")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise api.PluginError(f"solver {name!r}: `tune[{key!r}]` must be a non-empty list of values")
+        for v in values:
+            table[key].check(f"solver {name!r} tune grid", key, v)
 
 
 class Registry:
@@ -259,6 +275,14 @@ class Registry:
             bad = [k for k in cls.supported_kinds() if k not in api.KINDS]
             if bad:
                 raise api.PluginError(f"method {name!r}: kind(s) {bad} not in {api.KINDS}")
+            if issubclass(cls, api.Solver) != ("solve" in cls.supported_kinds()) or (
+                    issubclass(cls, api.Solver) and len(cls.supported_kinds()) != 1):
+                raise api.PluginError(f"method {name!r}: the kind 'solve' is for api.Solver subclasses, and they have "
+                                      "no other kind")
+            if issubclass(cls, api.Solver) and not (isinstance(getattr(cls, "problem", None), str) and cls.problem):
+                raise api.PluginError(f"solver {name!r} has no `problem` (the name of the problem it solves)")
+            if issubclass(cls, api.Solver):
+                _check_tune_grid(cls, name)
         if what == "analysis" and cls.table is not None:
             owner = next((p for p in table.values() if p.cls.table == cls.table), None)
             if owner is not None:

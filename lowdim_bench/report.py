@@ -76,6 +76,7 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
     # rows of the table are cells: records of a pass over the run that name no cell (a failed
     # interleave group, an analysis's cross-cell values) live in their own files, not here
     df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
+                   & pl.col("step").is_null()  # series (a solver's error per round) are curves, not figures
                    & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
     if df.is_empty():
         return pl.DataFrame()
@@ -181,6 +182,7 @@ def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
     latency.sort(key=lambda c: int(c.rsplit("@bs", 1)[1]))
     cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in latency]
     cols += [(c, "train peak MiB") for c in s.columns if c.startswith("memory_peak[train_step]")]
+    cols += [("wall_seconds", "solve s"), ("seconds_per_round", "s/round"), ("memory_peak[solve]", "solve peak MiB")]
     cols += [("pareto", "pareto"), ("pareto_tie", "tie"), ("n_failed", "failed")]
     return [(c, h) for c, h in cols if c in s.columns]
 
@@ -232,6 +234,13 @@ def render_markdown(s: pl.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
+SOLVE_NOTE = ("\nSolve rows (a problem and its solvers; docs/plugins.md, \"Solve kind\"): `budget` is the problem's size "
+              "(`knob N`: rank, samples, features) or a fraction of its largest size, `reached` the size as a fraction "
+              "of the largest; quality is the problem's headline on the test instance; `solve s` is the wall time of "
+              "the scored solve, `s/round` the median seconds per round, `solve peak MiB` what the solve allocated at "
+              "its peak (tensors plus numpy and Python).\n")
+
+
 def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "", extra: str = "") -> pl.DataFrame:
     """Write records.parquet, summary.csv and summary.md; return the summary."""
     run_dir = Path(run_dir)
@@ -247,6 +256,8 @@ def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "", 
              "(median), memory in MiB (peak of one training step), FLOPs per sample. "
              "`pareto` marks rows on the quality-vs-parameters front of their task and kind; `tie` marks rows "
              "off it only by quality differences inside the 95% intervals.\n")
+    if not s.is_empty() and "solve" in s["kind"].to_list():
+        notes += SOLVE_NOTE
     text = f"{header}\n\n{render_markdown(s)}\n{notes}{extra}"
     write_atomic(run_dir / "summary.md", lambda p: p.write_text(text))
     return s

@@ -215,6 +215,8 @@ def load_suite(path: str | Path, registry: Registry, overrides: Overrides | None
 
     tasks = {name: _task(where, name, entry, registry) for name, entry in model.tasks.items()}
     methods = [_method(where, alias, entry, registry, set(tasks)) for alias, entry in model.methods.items()]
+    for m in methods:
+        _pairing(where, m, tasks, registry)
     for m in model.measure:
         if m not in registry.metrics:
             raise where.error(None, "measure", _unknown(registry, "metric", m))
@@ -280,6 +282,23 @@ def _method(where: _Where, alias: str, entry: Any, registry: Registry, suite_tas
     _construct(where, table, cls, hparams)
     return MethodEntry(name, alias if alias != name else "", hparams, entry.budgets or [], entry.knobs or [], kinds,
                        entry.recipe.fields(), entry.lr_grid or [], entry.timeout_s, only)
+
+
+def _pairing(where: _Where, entry: MethodEntry, tasks: dict[str, TaskSpec], registry: Registry) -> None:
+    """A solver needs its problem among the suite's tasks, and any other method a task with a model:
+    the plan would otherwise drop the entry without a word."""
+    cls = registry.method(entry.name).cls
+    shown = [t for t in tasks if not entry.tasks or t in entry.tasks]
+    problems = {t: issubclass(registry.task(tasks[t].task).cls, api.Problem) for t in shown}
+    table = f"methods.{entry.shown_name}"
+    if issubclass(cls, api.Solver):
+        if not any(problems[t] and tasks[t].task == cls.problem for t in shown):
+            raise where.error(table, "tasks" if entry.tasks else None,
+                              f"solver {entry.name!r} solves problem {cls.problem!r}, which is not among the tasks it "
+                              f"would run on ({', '.join(shown)}); add a [tasks.NAME] with task = {cls.problem!r}")
+    elif shown and all(problems.values()):
+        raise where.error(table, None, f"method {entry.name!r} needs a task with a model, and every task it would run "
+                          f"on is a problem of the solve kind ({', '.join(shown)})")
 
 
 def _construct(where: _Where, table: str, cls: type, settings: dict[str, Any]) -> None:

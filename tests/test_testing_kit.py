@@ -318,6 +318,11 @@ OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ct
 SMALL["hf-text"] = {"max_length": 16, "max_train": 64, "max_eval": 32, "finetune_steps": 2, "recover_steps": 2}
 # Metrics that speak on merge cells only: tests/test_method_merging.py runs the kit on a merge context.
 MERGE_METRICS = {"merge-cost", "merge-quality"}
+# Problems at test size; solvers run on their own problem (the solve checks solve it four times).
+SMALL.update({"matrix-completion": {"m": 100, "n": 100, "rank": 3, "p": 0.3},
+              "lp-regression": {"rows": 400, "d": 4, "directions": 16}})
+SOLVER_SMALL = {"quickselection": {"epochs": 2, "hidden": 200}, "dense-ae": {"epochs": 2, "hidden": 200},
+                "softimpute": {"rounds": 10}, "lp-sensitivity": {"iters": 3}}
 
 
 # Tasks for methods whose targets name a slot only some tasks have (the VQ methods' `quantizer`).
@@ -352,6 +357,8 @@ def _builtin_entries():
 def test_builtin_plugin_passes_the_kit(what, name, kind):
     reg = Registry.load()
     own, hparams = OWN_TASK.get(name, (None, {}))
+    if what == "method" and kind == "solve":
+        own, hparams = reg.method(name).cls.problem, SOLVER_SMALL.get(name, {})
     task = reg.task(own).cls(**SMALL.get(own, {})) if own else None
     if what == "method":
         cls = reg.method(name).cls

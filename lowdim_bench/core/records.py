@@ -24,6 +24,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "budget": pl.Float64, "budget_reached": pl.Float64, "over_budget": pl.Boolean, "budget_scope": pl.Utf8,
     "knob": pl.Float64, "seed": pl.Int64, "reference": pl.Boolean,
     "device": pl.Utf8, "metric": pl.Utf8, "phase": pl.Utf8, "batch_size": pl.Int64, "seq_len": pl.Int64,
+    "step": pl.Int64,  # a point of a series (a solver's round): kept out of summaries, drawn as a curve
     "value": pl.Float64, "unit": pl.Utf8, "higher_is_better": pl.Boolean,
     "status": pl.Utf8, "error": pl.Utf8, "started_at": pl.Utf8, "duration_s": pl.Float64,
     "torch_version": pl.Utf8, "python_version": pl.Utf8, "device_name": pl.Utf8, "threads": pl.Int64,
@@ -59,7 +60,7 @@ def ok(base: Record, m: Measurement, config: dict[str, Any] | str | None = None)
     if isinstance(config, dict):
         config = json.dumps(config, default=str, sort_keys=True)
     return {**base, "metric": m.metric, "value": float(m.value), "unit": m.unit, "phase": m.phase,
-            "batch_size": m.batch_size, "seq_len": m.seq_len, "higher_is_better": m.higher_is_better,
+            "batch_size": m.batch_size, "seq_len": m.seq_len, "step": m.step, "higher_is_better": m.higher_is_better,
             "status": "ok", "config": config}
 
 

@@ -26,7 +26,7 @@ from ..core.environment import collect
 from ..measure.latency import set_threads
 from ..measure.params import count_params
 from ..registry import Registry
-from . import artefacts, lifetime, models, warm
+from . import artefacts, lifetime, models, solve, warm
 from . import budget as budget_mod
 from .train import NonFiniteLoss, make_optimizer, train
 
@@ -60,6 +60,8 @@ class CellRun:
     def run(self) -> None:
         cell = self.cell
         models.seed_everything(cell.seed)
+        if cell.kind == "solve":  # problems and solvers: no model, no training (run/solve.py)
+            return solve.run(self)
         task = self.registry.task(cell.task).cls(**cell.task_options)
         method = self.registry.method(cell.method).cls(**cell.hparams)
         if cell.kind not in method.supported_kinds():

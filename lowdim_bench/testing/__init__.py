@@ -19,6 +19,7 @@ from .family import KitFamilyTask
 from .method_checks import METHOD_CHECKS, compare_outputs, run_method_check
 from .metric_checks import METRIC_CHECKS, KIT_PROTOCOL, check_measurements, measure_context
 from .results import CheckResult, ConformanceError, raise_on_failure
+from .solve_checks import PROBLEM_CHECKS, SOLVER_CHECKS, SolverSubject, run_solve_check
 from .subject import KitOptions, MethodSubject, resolve_method, resolve_task
 from .task_checks import TASK_CHECKS, run_task_check, sample_keys
 
@@ -28,7 +29,7 @@ __all__ = [
     "assert_task_conforms", "check_metric", "assert_metric_conforms", "run_method_check", "run_task_check",
     "compare_outputs", "measure_context", "resolve_task", "resolve_method", "sample_keys", "raise_on_failure",
     "ANALYSIS_CHECKS", "check_analysis", "assert_analysis_conforms", "run_analysis_check", "analysis_context",
-    "KitArtefacts", "KitFamilyTask",
+    "KitArtefacts", "KitFamilyTask", "PROBLEM_CHECKS", "SOLVER_CHECKS", "SolverSubject",
 ]
 
 
@@ -44,7 +45,14 @@ def check_method(method: api.Method | type[api.Method] | str, task: api.Task | s
                  kind: str | None = None, size: float | None = None, checks: Iterable[str] | None = None,
                  options: KitOptions | None = None, **hparams: Any) -> list[CheckResult]:
     """Run method checks (all by default) under `kind` (default: the declared kind). `method` may
-    be a registered method's name ("lora"), to check it on your task."""
+    be a registered method's name ("lora"), to check it on your task. A Solver gets the solve
+    checks on its problem (`task`: a Problem, default the registered one it names)."""
+    resolved = resolve_method(method)
+    cls = resolved if isinstance(resolved, type) else type(resolved)
+    if issubclass(cls, api.Solver):
+        problem = resolve_task(task) if task is not None else None
+        sub = SolverSubject(resolved, problem, size=None if size is None else int(size), **hparams)
+        return [run_solve_check(SOLVER_CHECKS, c, sub, sub.label) for c in _pick(checks, SOLVER_CHECKS)]
     subject = MethodSubject(method, task, kind=kind, size=size, options=options, **hparams)
     return [run_method_check(c, subject) for c in _pick(checks, METHOD_CHECKS)]
 
@@ -56,6 +64,8 @@ def assert_method_conforms(method: api.Method | type[api.Method] | str, task: ap
 
 def check_task(task: api.Task | type[api.Task] | str, checks: Iterable[str] | None = None) -> list[CheckResult]:
     t = resolve_task(task)
+    if isinstance(t, api.Problem):
+        return [run_solve_check(PROBLEM_CHECKS, c, t, f"problem {t.name!r}") for c in _pick(checks, PROBLEM_CHECKS)]
     return [run_task_check(c, t) for c in _pick(checks, TASK_CHECKS)]
 
 

@@ -111,7 +111,7 @@ class LowdimApp(ResultsActions, App[int]):
         self.set_interval(RUNS_POLL_S, self.poll_runs)
 
     def mount_charts(self) -> None:
-        """The chart pane (plotext and four plots) after the first frame: it is not on the first
+        """The chart pane (plotext and its plots) after the first frame: it is not on the first
         tab, and importing and composing it was a tenth of the time to first paint."""
         from .widgets.chart_pane import ChartPane
 
@@ -120,7 +120,7 @@ class LowdimApp(ResultsActions, App[int]):
         table = self.query_one(ResultsTable)
         if table.data is not None:
             pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows),
-                           table.data.all_records)
+                           table.data.records)
 
     @property
     def running(self) -> bool:

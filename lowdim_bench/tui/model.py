@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KINDS_ORDER = ["train", "adapt", "compress", "head", "merge"]
+KINDS_ORDER = ["train", "adapt", "compress", "head", "merge", "solve"]
 
 
 # ---- catalog ------------------------------------------------------------------------------------
@@ -222,7 +222,8 @@ def failure_record(cell: Any, run_id: str, reason: str, tb: str) -> dict[str, An
 
 
 CHARTS = ["quality vs parameters", "quality vs latency", "memory breakdown", "latency by batch size",
-          "merges: quality kept vs mass kept", "representation similarity", "solver error by round"]
+          "merges: quality kept vs mass kept", "representation similarity", "error vs rounds",
+          "error vs seconds"]
 
 from .chartdata import MEMORY_PARTS, params_of, smallest_batch_latency  # noqa: E402
 from .runs import (CompareRow, RunInfo, compare_rows, export_view, list_runs, load_records,  # noqa: E402

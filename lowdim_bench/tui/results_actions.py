@@ -35,7 +35,7 @@ class ResultsActions:
             self._chart_timer.stop()
         data = self.query_one(ResultsTable).data
         colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
-        records = data.all_records if data else []
+        records = data.records if data else {}
         self._chart_timer = self.set_timer(0.15, lambda e=event: self._each("#charts", "show_rows", e.rows, e.selected,
                                                                             colors, records))
 

@@ -5,7 +5,6 @@ Runs off the UI thread; the widget only filters, sorts and paints the frozen `Ta
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,13 +33,7 @@ class Row:
 class TableData:
     columns: list[tuple[str, str]]  # (summary column, header)
     rows: list[Row]
-    records: dict[tuple[str, str, str, str], list[dict[str, Any]]]  # every record of a row
-
-    @functools.cached_property
-    def all_records(self) -> list[dict[str, Any]]:
-        """Every record, rows' and the run's own (analyses, traces): what kind charts read."""
-        return [r for group in self.records.values() for r in group]
-
+    records: dict[tuple[str, str, str, str], list[dict[str, Any]]]  # every record by row group (analyses: kind None)
 
 def size_of(budget: Any, knob: Any) -> str:
     """The summary's size label (report.summary): budget, `knob N` or `full`."""

@@ -1,11 +1,13 @@
 """Classic low-rank and sampling problems and the algorithms the seed papers compare on them.
 
-Phase 1 of issue 16: problems (matrix completion, l_p regression sampling, feature selection)
-and solvers in the uniform shape of `_contract.py`, tested directly. They are not registered as
-plugins yet: the `solve` kind is not in the core (lowdim_bench.api.KINDS). Phase 2 wires
-PROBLEMS and SOLVERS through a register hook; docs/solvers.md describes each algorithm.
+Problems (matrix completion, l_p regression sampling, feature selection) are Tasks of the
+`solve` kind and the solvers Methods of it (lowdim_bench.api.Problem / Solver); this module
+registers them all (entry point `solvers`). docs/solvers.md describes each algorithm,
+suites/solvers.toml runs the papers' checks.
 """
 from __future__ import annotations
+
+from lowdim_bench.hookspecs import hookimpl
 
 from ._contract import Instance, Problem, Solution, Solver, TraceLog
 from .altmin import AltMin, AltMinFast
@@ -24,3 +26,15 @@ SOLVERS: dict[str, type[Solver]] = {c.name: c for c in (
     QuickSelection, DenseAutoencoder, VarianceSelector, LaplacianScore)}
 
 __all__ = ["PROBLEMS", "SOLVERS", "Instance", "Problem", "Solution", "Solver", "TraceLog"]
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    for cls in PROBLEMS.values():
+        register(cls)
+
+
+@hookimpl
+def register_methods(register) -> None:
+    for cls in SOLVERS.values():
+        register(cls)

@@ -28,7 +28,7 @@ from lowdim_bench.hparams import Param
 from . import _least_squares as ls
 from ._contract import Solver, Stopwatch, Trace, measurement, no_trace
 from ._lowrank_ops import SparseEntries, top_svd
-from .completion import LowRank, Observed
+from .completion import LowRank, MatrixCompletion, Observed
 
 
 def _check(data: Any, name: str) -> Observed:
@@ -50,6 +50,7 @@ def spectral_init(data: Observed, k: int, generator: torch.Generator, iters: int
 
 class _AltMinBase(Solver):
     problem = "matrix-completion"
+    knob = MatrixCompletion.size
     common = {
         "rounds": Param(30, int, low=1, high=10_000, help="alternating rounds (one V and one U update each)"),
         "init_iters": Param(8, int, low=0, high=200, help="power iterations of the randomized top-k SVD at init"),
@@ -96,6 +97,9 @@ class _AltMinBase(Solver):
         estimate.extras = [measurement("rounds", rounds, "", None),
                            measurement("solve_seconds", watch.total, "s", False)]
         return estimate
+
+    def iterations(self) -> int:
+        return self.hparams["rounds"]
 
     def flops(self, data: Any, size: int) -> dict[str, float]:
         """Per round: both half-steps (see _least_squares: omega, rows, factor) and two thin QRs

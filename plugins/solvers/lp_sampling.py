@@ -25,7 +25,7 @@ from lowdim_bench.hparams import Param
 
 from . import _lp
 from ._contract import Solver, Stopwatch, Trace, measurement, no_trace, numpy_rng
-from .regression import RegressionData, SampledRegression
+from .regression import LpRegression, RegressionData, SampledRegression
 
 
 def sample_rows(scores: np.ndarray, m: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +37,7 @@ def sample_rows(scores: np.ndarray, m: float, rng: np.random.Generator) -> tuple
 
 class _Sampler(Solver):
     problem = "lp-regression"
+    knob = LpRegression.size
     params: dict[str, Param] = {}
 
     def scores(self, data: RegressionData) -> np.ndarray:

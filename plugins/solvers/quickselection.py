@@ -29,7 +29,7 @@ from lowdim_bench.hparams import Param
 
 from ._contract import Solver, Stopwatch, Trace, measurement, no_trace
 from ._set_layer import SparseLinear
-from .selection import FeatureData, FeatureRanking, top_k
+from .selection import FeatureData, FeatureRanking, FeatureSelection, top_k
 
 RECIPE = {
     "hidden": Param(1000, int, low=1, high=1_000_000, help="hidden units"),
@@ -50,6 +50,7 @@ def standardise(x: np.ndarray) -> torch.Tensor:
 
 class _AutoencoderSelector(Solver):
     problem = "feature-selection"
+    knob = FeatureSelection.size
 
     def build(self, n_in: int, generator: torch.Generator) -> tuple[nn.Module, nn.Module]:
         raise NotImplementedError
@@ -108,6 +109,9 @@ class _AutoencoderSelector(Solver):
 
     def weight_count(self, layer: nn.Module) -> int:
         raise NotImplementedError
+
+    def iterations(self) -> int:
+        return self.hparams["epochs"]
 
 
 class QuickSelection(_AutoencoderSelector):

@@ -21,7 +21,7 @@ from lowdim_bench.hparams import Param
 
 from ._contract import Solver, Stopwatch, Trace, measurement, no_trace
 from .quickselection import standardise
-from .selection import FeatureData, FeatureRanking, top_k
+from .selection import FeatureData, FeatureRanking, FeatureSelection, top_k
 
 
 def laplacian_scores(x: np.ndarray, neighbours: int) -> np.ndarray:
@@ -41,6 +41,7 @@ def laplacian_scores(x: np.ndarray, neighbours: int) -> np.ndarray:
 
 class _FilterSelector(Solver):
     problem = "feature-selection"
+    knob = FeatureSelection.size
 
     def importance(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -73,6 +74,7 @@ class LaplacianScore(_FilterSelector):
     description = "features that best keep the k-NN graph's local structure (He, Cai, Niyogi 2005)"
     source = "He, Cai, Niyogi 2005, Laplacian score for feature selection"
     params = {"neighbours": Param(5, int, low=1, high=1000, help="k of the nearest-neighbour graph")}
+    tune = {"neighbours": [5, 10]}
 
     def importance(self, x):
         return -laplacian_scores(standardise(x).double().numpy(), self.hparams["neighbours"])

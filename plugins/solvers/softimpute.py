@@ -28,7 +28,7 @@ from lowdim_bench.hparams import Param
 from ._contract import Solver, Stopwatch, Trace, measurement, no_trace
 from ._lowrank_ops import SparseEntries, top_svd
 from .altmin import _check, spectral_init
-from .completion import LowRank, frobenius_distance, frobenius_norm
+from .completion import LowRank, MatrixCompletion, frobenius_distance, frobenius_norm
 
 
 def refit_singular_values(data, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,7 @@ def refit_singular_values(data, u: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 class SoftImpute(Solver):
     name = "softimpute"
     problem = "matrix-completion"
+    knob = MatrixCompletion.size
     description = "iterative singular-value soft-thresholding of the filled-in matrix (MHT 2010)"
     source = "Mazumder, Hastie, Tibshirani 2010, Spectral regularization algorithms for learning large incomplete matrices"
     params = {
@@ -52,6 +53,10 @@ class SoftImpute(Solver):
         "oversample": Param(10, int, low=0, high=1000, help="extra columns in the randomized SVD"),
         "debias": Param(False, bool, help="refit the singular values on Omega at the end (soft-impute+)"),
     }
+    tune = {"lam_frac": [0.005, 0.02, 0.05]}  # MHT10 choose lambda on held-out entries
+
+    def iterations(self) -> int:
+        return self.hparams["rounds"]
 
     def solve(self, data: Any, size: int, generator: torch.Generator, trace: Trace = no_trace) -> LowRank:
         data = _check(data, self.name)
@@ -108,6 +113,7 @@ class SoftImpute(Solver):
 class PomegaSvd(Solver):
     name = "pomega-svd"
     problem = "matrix-completion"
+    knob = MatrixCompletion.size
     description = "top-r SVD of P_Omega(M) / p_hat (the classical one-shot estimate; AltMin's start)"
     source = "Keshavan, Montanari, Oh 2010 (spectral step); Jain, Netrapalli, Sanghavi 2013 (AltMin's init)"
     params = {"power_iters": Param(16, int, low=0, high=500, help="power iterations of the randomized SVD")}

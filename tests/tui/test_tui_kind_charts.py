@@ -83,9 +83,9 @@ def test_app_draws_the_merge_chart_the_grid_and_the_member_detail(tmp_path, monk
             pane = app.query_one(ChartPane)
             assert pane.query_one("#chart-merge").data.points
             assert pane.query_one("#chart-similarity").data.grids
-            assert not pane.query_one("#chart-traces").data  # no solve cells: `c` passes it by
+            assert not pane.query_one("#chart-trace-rounds").data  # no solve cells: `c` passes it by
             seen = {pane.cycle() for _ in range(len(model.CHARTS))}
-            assert "solver error by round" not in seen and "representation similarity" in seen
+            assert "error vs rounds" not in seen and "representation similarity" in seen
             pane.show_chart(model.CHARTS.index("representation similarity"))
             await pilot.pause()
             text = str(pane.current.render())

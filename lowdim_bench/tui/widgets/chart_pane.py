@@ -34,7 +34,8 @@ class ChartPane(Vertical):
             yield LatencyChart(id="chart-batch")
             yield MergeChart(id="chart-merge")
             yield HeatmapChart(id="chart-similarity")
-            yield TraceChart(id="chart-traces")
+            yield TraceChart("step", id="chart-trace-rounds")
+            yield TraceChart("seconds", id="chart-trace-seconds")
         yield Static("", id="chart-legend")
 
     @property
@@ -50,9 +51,11 @@ class ChartPane(Vertical):
         return self.switcher.get_child_by_id(self.switcher.current)
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
-                  colors: dict[str, tuple[int, int, int]] | None = None, records: list[dict] | None = None) -> None:
+                  colors: dict[str, tuple[int, int, int]] | None = None,
+                  records: dict[tuple, list[dict]] | None = None) -> None:
         """Redraw for new rows or another selected row; the same rows again (a keystroke in the
-        filter that matches the same rows) cost nothing."""
+        filter that matches the same rows) cost nothing. `records`: every record by row group
+        (the trace and similarity charts draw records the rows do not hold)."""
         colors = colors if colors is not None else cd.method_colors(rows)
         key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())), id(records))
         if key == self._drawn:

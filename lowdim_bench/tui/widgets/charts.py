@@ -32,14 +32,14 @@ class Chart(PlotextPlot):
         self.data: object = None
         self.legend: Text = Text()
         self.method_colors: dict[str, tuple[int, int, int]] = {}
-        self.records: list[dict] = []  # every record of the shown run (analysis and trace records too)
+        self.records: dict[tuple, list[dict]] = {}  # every record by row group (analyses: kind None)
         self._version = 0
         self._cache: tuple[tuple, Text] | None = None
 
     def show_rows(self, rows: list[model.Row], selected: model.Row | None,
-                  colors: dict[str, tuple[int, int, int]], records: list[dict] | None = None) -> None:
+                  colors: dict[str, tuple[int, int, int]], records: dict[tuple, list[dict]] | None = None) -> None:
         self.method_colors = colors
-        self.records = records or []
+        self.records = records or {}
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .. import chartdata as cd
 from .. import kindcharts as kc
+from .. import traces
 from .charts import DOT, LINE, SELECTED, Chart, axis, label
 
 
@@ -67,7 +68,7 @@ class HeatmapChart(RichChart):
 
     def draw(self, plt, rows, selected) -> None:
         task = selected.group[0] if selected is not None else (rows[0].group[0] if rows else None)
-        self.data = kc.heat_view(self.records, task)
+        self.data = kc.heat_view([r for group in self.records.values() for r in group], task)
         if self.data is not None:
             self.legend.append(f"{self.data.measure}: ")
             for v in (0.0, 0.5, 1.0):
@@ -109,33 +110,34 @@ class HeatmapChart(RichChart):
 
 
 class TraceChart(Chart):
-    """Solve cells: a traced error against the solver's rounds (one line per method, size, seed)."""
+    """A solve task's traced error against rounds or the solver's own seconds: one line per
+    (method, size, seed), coloured per method (lowdim_bench/tui/traces.py makes the curves)."""
 
-    title = "solver error by round"
+    def __init__(self, against: str, **kw) -> None:
+        super().__init__(**kw)
+        self.against = against
+        self.title = "error vs rounds" if against == "step" else "error vs seconds"
 
     def draw(self, plt, rows, selected) -> None:
-        from .. import traces
-
-        task = selected.group[0] if selected is not None else None
-        recs = [r for r in self.records if task is None or r.get("task") == task]
-        names = traces.traced_values(recs)
-        value = "rel_error" if "rel_error" in names else (names[0] if names else None)
-        curves = [c for c in traces.curves(recs, value) if c.y] if value else []
-        self.data = curves
-        if not curves:
-            plt.title(f"{self.title}: no solve cells with traces yet")
+        view = traces.trace_view(rows, selected, self.records, self.against)
+        self.data = view
+        if view is None or not view.curves:
+            plt.title(f"{self.title}: no traced solve rows yet")
             return
-        ys = [y for c in curves for y in c.y if y > 0]
-        log = bool(ys) and max(ys) / min(ys) > 100
-        ty = (lambda v: math.log10(v)) if log else (lambda v: v)
-        plt.title(f"{task or 'all tasks'} · solve: {value} by round" + (" (log10 y)" if log else ""))
-        colors = {}
-        for c in curves:
-            method = c.label.split(" ")[0]
-            color = colors.setdefault(method, self.method_colors.get(method, cd.PALETTE[len(colors) % len(cd.PALETTE)]))
-            pts = [(x, ty(y)) for x, y in zip(c.x, c.y) if y > 0 or not log]
-            if pts:
-                plt.plot([p[0] for p in pts], [p[1] for p in pts], marker=LINE, color=color)
-        plt.xlabel("round (step)")
-        for m, color in colors.items():
-            self.key(m, color)
+        ty = (lambda v: math.log10(v)) if view.log_y else (lambda v: v)
+        xs = [x for c in view.curves for x in c.x]
+        ys = [y for c in view.curves for y in c.y]
+        plt.title(f"{view.task} · solve: {view.value} vs {'rounds' if view.against == 'step' else 'seconds'}"
+                  + (" (log y)" if view.log_y else ""))
+        axis(plt, "x", cd.nice_ticks(min(xs), max(xs)), min(xs), max(xs), 0.03)
+        lo, hi = min(ys), max(ys)
+        axis(plt, "y", cd.log_ticks(lo, hi) if view.log_y else cd.nice_ticks(lo, hi, n=4), ty(lo), ty(hi), 0.04)
+        for c in view.curves:
+            color = self.method_colors.get(c.method, cd.PALETTE[0])
+            plt.plot(c.x, [ty(y) for y in c.y], marker=LINE, color=color)
+            plt.scatter(c.x[-1:], [ty(c.y[-1])], marker=DOT, color=color)
+        plt.xlabel("round (the solver's iteration)" if view.against == "step" else "solver seconds (scoring left out)")
+        for m in dict.fromkeys(c.method for c in view.curves):
+            self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
+        if view.others:
+            self.legend.append(f"[k: next of {view.others + 1} solve tasks]", style="dim")
