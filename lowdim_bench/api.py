@@ -12,29 +12,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
-import polars as pl
 import torch
 from torch import nn
 
+from .analysis import (Analysis, AnalysisContext, AnalysisRecord, AnalysisResult, ArtefactInfo, Artefacts,
+                       ConfigError, SuiteView)
 from .hparams import Param, PluginError, check_all
+from .inputs import Inputs, to_device
 
 __all__ = ["KINDS", "PluginError", "ConfigError", "Param", "Knob", "Quality", "Recipe", "Inputs", "ApplyContext",
            "Measurement", "MeasureContext", "Method", "Task", "Metric", "Analysis", "AnalysisContext",
-           "AnalysisResult", "AnalysisRecord", "Artefacts", "SuiteView", "trainable"]
+           "AnalysisResult", "AnalysisRecord", "Artefacts", "ArtefactInfo", "SuiteView", "trainable", "to_device"]
 
 KINDS = ("compress", "adapt", "train", "head", "merge")
-
-
-class ConfigError(Exception):
-    """Raised by `Analysis.validate` for a bad suite table; the suite loader adds file and line.
-    `key` names the field (dotted for nested ones, e.g. "checks.relation") when there is one."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -83,46 +75,6 @@ class Recipe:
         for k, v in changes.items():
             setattr(new, k, v)
         return new
-
-
-@dataclass
-class Inputs:
-    """One forward call's inputs: positional and keyword (a Hugging Face model takes
-    `input_ids=..., attention_mask=...`). `Inputs.of` accepts what tasks return: a tensor, a
-    tuple of positional inputs, a dict of keyword inputs, or an Inputs."""
-
-    args: tuple = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, x: Any) -> "Inputs":
-        if isinstance(x, Inputs):
-            return x
-        if isinstance(x, Mapping):
-            return cls((), dict(x))
-        if isinstance(x, (tuple, list)):
-            return cls(tuple(x), {})
-        return cls((x,), {})
-
-    def call(self, model: Callable[..., Any]) -> Any:
-        return model(*self.args, **self.kwargs)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
-
-
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """Tensors inside tensors, tuples, lists, dicts and Inputs moved to `device`; the rest as is."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Inputs):
-        return Inputs(to_device(obj.args, device), to_device(obj.kwargs, device))
-    if isinstance(obj, Mapping):
-        return type(obj)({k: to_device(v, device) for k, v in obj.items()}) if type(obj) is not dict else \
-            {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(b, device) for b in obj)
-    return obj
 
 
 @dataclass
@@ -199,6 +151,7 @@ class Method:
 
     @classmethod
     def supported_kinds(cls) -> tuple[str, ...]:
+        """Every kind the method runs under: `kinds`, or just `kind`."""
         return cls.kinds or (cls.kind,)
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
@@ -283,6 +236,7 @@ class Task:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss on one batch (a scalar tensor); the harness adds the method's extra_loss."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, split: Any) -> float:
@@ -334,6 +288,7 @@ class Task:
         return merged
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
+        """A batch moved to `device`: tensors inside tensors, tuples, lists, dicts and Inputs."""
         return to_device(batch, device)
 
 
@@ -377,111 +332,5 @@ class Metric:
     description: ClassVar[str] = ""
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
+        """Measure on `ctx.device`; never train or change the models (deep-copy first)."""
         raise NotImplementedError
-
-
-# ---- analyses: after the cells, across them -----------------------------------------------------
-@dataclass(frozen=True)
-class SuiteView:
-    """What an analysis may check its suite table against: task names, method entries (the name
-    a suite row shows -> the registered method) and the reference entry."""
-
-    tasks: tuple[str, ...]
-    entries: Mapping[str, str]
-    reference: str | None
-    path: str = ""
-
-
-@dataclass
-class ArtefactInfo:
-    """One saved artefact of one cell (`save = ["model"]`)."""
-
-    cell_key: str
-    task: str
-    method: str  # the entry's shown name
-    kind: str
-    size: str  # as the summary shows it: 0.1, knob 4, full
-    seed: int
-    what: str  # "model"
-    path: Path
-    bytes: int
-
-
-class Artefacts(Protocol):
-    """Saved artefacts of a run. `load_model` rebuilds the cell's model structure (base + method
-    at the knob it reached) and loads the saved weights into it."""
-
-    def list(self, what: str = "model") -> list[ArtefactInfo]: ...
-
-    def load_model(self, cell_key: str) -> nn.Module: ...
-
-    def task(self, cell_key: str) -> Task:
-        """The cell's task, built with the cell's options."""
-        ...
-
-    def splits(self, cell_key: str) -> dict[str, Any]:
-        """The cell's target splits (its seed's)."""
-        ...
-
-
-@dataclass
-class AnalysisRecord:
-    """One value an analysis measured; fields left None are not about one cell (e.g. a CKA
-    between two methods names both in `phase` or `metric`)."""
-
-    metric: str
-    value: float
-    unit: str
-    task: str | None = None
-    method: str | None = None
-    kind: str | None = None
-    seed: int | None = None
-    phase: str | None = None
-    higher_is_better: bool | None = None
-
-
-@dataclass
-class AnalysisResult:
-    """An analysis's output: a table (written as <name>.csv in the run folder), a Markdown section
-    (appended to summary.md) and records (stored with the run's records)."""
-
-    table: pl.DataFrame | None = None
-    markdown: str = ""
-    records: list[AnalysisRecord] = field(default_factory=list)
-
-
-@dataclass
-class AnalysisContext:
-    run_dir: Path
-    records: pl.DataFrame
-    summary: pl.DataFrame
-    options: Any
-    suite: SuiteView
-    artefacts: Artefacts
-
-
-class Analysis:
-    """Runs after a run's cells, on its records and saved artefacts.
-
-    table: the suite's top-level table it reads (`[[claims]]` -> "claims"); a suite that has the
-    table runs the analysis, and so does one that names it in `analyses = [...]`. validate:
-    check that table before any cell runs (raise ConfigError). needs: artefacts the cells must
-    save for it, from {"model"}.
-    """
-
-    name: ClassVar[str]
-    table: ClassVar[str | None] = None
-    needs: ClassVar[tuple[str, ...]] = ()
-    description: ClassVar[str] = ""
-
-    def validate(self, raw: Any, suite: SuiteView) -> Any:
-        """The suite table checked and normalised (JSON-able: it is stored in run.json)."""
-        return raw
-
-    def run(self, ctx: AnalysisContext) -> AnalysisResult:
-        raise NotImplementedError
-
-    def render(self, table: pl.DataFrame) -> str:
-        """The table as `lowdim-bench run` and `show` print it."""
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, fmt_str_lengths=80):
-            return str(table)

@@ -73,6 +73,19 @@ def split_by_suffixes(found: Named, suffixes: Sequence[str], *,
     return hit, rest
 
 
+def select_targets(model: nn.Module, target_modules: Any, method: str, types: tuple[type, ...] = (nn.Linear,),
+                   **find: Any) -> Named:
+    """The layers a method's `target_modules` setting picks: every `types` layer ("all") or those
+    whose name ends with one of the listed suffixes; none at all is an error naming the method."""
+    found = find_layers(model, types, **find)
+    what = "/".join(t.__name__ for t in types)
+    if target_modules != "all":
+        found, _ = split_by_suffixes(found, target_modules, method=method, hparam="target_modules", what=what)
+    if not found:
+        raise PluginError(f"{method}: the model has no {what} layer to work on")
+    return found
+
+
 def as_rank(size: float | None, method: str) -> int:
     """The integer rank the harness chose; an error names the method and the bad value."""
     if size is None or float(size) != int(size) or int(size) < 1:

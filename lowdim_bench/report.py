@@ -78,7 +78,8 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
     seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
     # rows of the table are cells: records of a pass over the run that name no cell (a failed
     # interleave group, an analysis's cross-cell values) live in their own files, not here
-    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null())
+    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
+                   & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
     if df.is_empty():
         return pl.DataFrame()
     df = _with_size(before_rows(df))

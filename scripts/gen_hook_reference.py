@@ -1,8 +1,8 @@
 """Write the hook reference in docs/plugins.md from the code's own docstrings.
 
 The section between the `hook-reference` markers is generated from lowdim_bench.hookspecs (every
-hook: signature and docstring) and from the public methods of Method, Task and Metric in
-lowdim_bench.api, so the guide cannot drift from the contract. tests/test_scaffold.py fails when
+hook: signature and docstring) and from the public methods of Method, Task, Metric and Analysis
+in lowdim_bench.api, so the guide cannot drift from the contract. tests/test_scaffold.py fails when
 the file is stale.
 
     python scripts/gen_hook_reference.py           # rewrite docs/plugins.md
@@ -36,7 +36,7 @@ def reference() -> str:
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
         if hasattr(fn, f"{hookspecs.PROJECT}_spec"):
             lines += [f"#### `{_signature(name, fn)}`", "", _doc(fn), ""]
-    for cls in (api.Method, api.Task, api.Metric):
+    for cls in (api.Method, api.Task, api.Metric, api.Analysis):
         lines += [f"### `{cls.__name__}` (lowdim_bench.api)", "", _doc(cls), ""]
         attrs = [n for n in cls.__annotations__ if not n.startswith("_")]
         if attrs:

@@ -53,8 +53,8 @@ wait_for "Driven through tmux" 90          # plugins loaded, the suite picked, i
 $T send-keys -t drive F5
 wait_for "run finished: 4 ok, 0 failed" 240
 $T send-keys -t drive 3
-wait_for "★ tiny" 20                       # the results tab: a Pareto row
-wait_for "quality vs parameters" 20        # and its chart
+wait_for "fake-width" 20                   # the results tab: both rows
+wait_for "quality vs trainable parameters" 20  # and the selected row's Pareto chart (adapt: trainable)
 $T send-keys -t drive q
 for _ in $(seq 100); do [ -f "$WORK/exit1" ] && break; sleep 0.2; done
 [ "$(cat "$WORK/exit1" 2>/dev/null)" = "0" ] || fail "the app did not exit 0 on q"

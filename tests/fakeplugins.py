@@ -133,6 +133,23 @@ class OutOfMemory(Method):
         raise MemoryError("could not allocate 1 TiB")
 
 
+class RealOutOfMemory(Method):
+    """Runs out of memory for real: the address space is capped a little above what the worker
+    uses, then apply allocates until torch cannot, holding everything in its frame."""
+    name = "fake-real-oom"
+    kind = "adapt"
+
+    def apply(self, model, size, ctx):
+        import re
+        import resource
+
+        vm = int(re.search(r"VmSize:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 256 * 2**20, resource.RLIM_INFINITY))
+        hold = []
+        while True:
+            hold.append(torch.ones(4 * 2**20))  # 16 MiB each, written
+
+
 class Mutator(Method):
     name = "fake-mutator"
     kind = "adapt"
@@ -159,5 +176,5 @@ def register_tasks(register):
 
 @hookimpl
 def register_methods(register):
-    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, OutOfMemory, Mutator, Slow):
+    for cls in (Head, Width, Boom, NaNLoss, Hang, Die, OutOfMemory, RealOutOfMemory, Mutator, Slow):
         register(cls)

@@ -60,7 +60,7 @@ def test_methods_filter_uses_suite_names_and_knobs_replace_budgets(tmp_path, mon
     suite = write_suite(tmp_path / "s.toml", 'name = "f"\ntasks = ["tiny"]\nbudgets = [0.5]\n[methods.dense]\n'
                         '[methods.fake-width]\n[methods.narrow]\nmethod = "fake-width"\n')
     calls = []
-    monkeypatch.setattr("lowdim_bench.cli.run_cells", lambda cells, *a, **k: calls.append(cells) or
+    monkeypatch.setattr("lowdim_bench.run.runner.run_cells", lambda cells, *a, **k: calls.append(cells) or
                         (_ for _ in ()).throw(SystemExit(0)))
     with pytest.raises(SystemExit):
         main(["run", str(suite), "--methods", "narrow", "--knobs", "3,5", "--device", "cpu"])

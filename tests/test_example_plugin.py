@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kit_fixtures
-from lowdim_bench.api import ApplyContext
+from lowdim_bench.api import ApplyContext, PluginError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "plugins" / "example"
 
@@ -103,10 +103,30 @@ def test_detached_norm_changes_the_gradient_only():
 
 
 def test_bad_hyper_parameters_are_named():
-    with pytest.raises(Exception, match="alpha must be > 0, got -1"):
+    """Typed `params`: the base class refuses a value of the wrong type or range, naming it."""
+    with pytest.raises(PluginError, match=r"alpha = -1 is outside"):
         DoraMethod(alpha=-1)
-    with pytest.raises(Exception, match="rank must be an integer >= 1, got 0"):
+    with pytest.raises(PluginError, match="detach_norm = 'yes' is not a valid bool"):
+        DoraMethod(detach_norm="yes")
+    with pytest.raises(PluginError, match="target_modules"):
+        DoraMethod(target_modules="q_proj")  # a list of suffixes, or "all"
+    with pytest.raises(PluginError, match="rank must be an integer >= 1, got 0"):
         DoraMethod().apply(nn.Linear(3, 3), 0, CTX)
+
+
+def test_target_modules_picks_layers_by_name_suffix():
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    adapted = DoraMethod(target_modules=["2"]).apply(model, 2, CTX)
+    assert type(adapted[0]) is nn.Linear and isinstance(adapted[2], DoraLinear)
+    with pytest.raises(PluginError, match=r"\['9'\] match no Linear"):
+        DoraMethod(target_modules=["9"]).apply(model, 2, CTX)
+
+
+def test_settings_are_listed_with_types_and_help():
+    from lowdim_bench.listing import settings_table
+
+    text = "\n".join(settings_table(DoraMethod))
+    assert "alpha" in text and "float" in text and "detach_norm" in text and "bool" in text
 
 
 def test_matches_peft_dora():

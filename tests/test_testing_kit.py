@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import kit_fixtures as fx
+import kit_fixtures_v2 as fx2
 from lowdim_bench.registry import Registry
-from lowdim_bench.testing import (ConformanceError, KitOptions, METHOD_CHECKS, assert_method_conforms, check_method,
-                                  check_metric, check_task)
+from lowdim_bench.testing import (ANALYSIS_CHECKS, ConformanceError, KitOptions, METHOD_CHECKS, assert_method_conforms,
+                                  check_analysis, check_method, check_metric, check_task)
 from lowdim_bench.testing.method_checks import sweep
 from lowdim_bench.testing.probes import hidden_tensors, mostly_zero_tensors, scattered_zero_fraction
 from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
@@ -133,9 +134,31 @@ def test_catches_overlapping_splits():
     assert r.failed and "40 shared samples" in r.seen and "train and val" in r.expected
 
 
-def test_catches_an_unseeded_base_model():
+def test_a_model_drawing_from_the_global_rng_passes_under_the_harness_seeding():
+    """The harness seeds the global RNG before make_model (run/models.py), so this is reproducible;
+    the kit says so rather than failing it."""
     r = check_task(fx.UnseededTask(), ["base_reproducible"])[0]
-    assert r.failed and "same weights" in r.expected
+    assert r.passed and "global RNG" in r.seen
+
+
+def test_catches_a_base_model_no_seeding_makes_reproducible():
+    r = check_task(fx2.EntropyTask(), ["base_reproducible"])[0]
+    assert r.failed and "same weights under the harness's seeding" in r.expected and "differ" in r.seen
+
+
+def test_a_task_with_dropout_passes():
+    task = fx2.DropoutTask()
+    unseeded = []  # without the harness's seeding, two trainings differ (the masks): the fixture matters
+    for rng in (1, 2):
+        model = task.make_model(0)
+        torch.manual_seed(rng)
+        model.train()
+        x = task.splits("target", 0)["train"][0][:16]
+        unseeded.append(model(x).detach())
+    assert not torch.equal(*unseeded)
+    results = by_check(check_task(task))
+    assert not [str(r) for r in results.values() if r.failed]
+    assert results["base_reproducible"].passed
 
 
 def test_catches_a_quality_without_direction():
@@ -149,6 +172,104 @@ def test_metric_checks():
     assert r.failed and "no unit" in r.seen
     r = check_metric(fx.DictMetric, fx.BlobTask())[0]
     assert r.failed and "is not a Measurement" in r.seen
+
+
+def test_metric_context_is_the_harness_one():
+    """A metric reading ctx.base_model (trained 3 steps away from it) or a declared applied_model
+    passes; one reading applied_model without declaring it fails and is told why."""
+    r = check_metric(fx2.UpdateNormMetric, fx.BlobTask())[0]
+    assert r.passed and "update_norm" in r.seen
+    assert check_metric(fx2.AppliedMetric, fx.BlobTask())[0].passed
+    r = check_metric(fx2.UndeclaredAppliedMetric, fx.BlobTask())[0]
+    assert r.failed and 'needs = ("applied_model",)' in r.seen
+    r = check_metric(fx2.UnknownNeedsMetric, fx.BlobTask())[0]
+    assert r.failed and "optimizer_state" in r.seen
+
+
+def test_metric_context_values():
+    from lowdim_bench.testing import measure_context
+
+    ctx = measure_context(fx.BlobTask(), needs=("applied_model",))
+    assert set(ctx.splits) == {"train", "val", "test"} and ctx.members == {}
+    assert not any(p.requires_grad for p in ctx.base_model.parameters())
+    moved = [n for n, p in ctx.model.named_parameters() if not torch.equal(p, dict(ctx.base_model.named_parameters())[n])]
+    assert moved  # trained away from the base
+    assert all(torch.equal(p, dict(ctx.base_model.named_parameters())[n]) for n, p in ctx.applied_model.named_parameters())
+    assert measure_context(fx.BlobTask()).applied_model is None
+
+
+# ---- analyses -------------------------------------------------------------------------------
+
+GOOD = {"metric": "quality_val"}
+
+
+def test_correct_analysis_passes_every_check():
+    results = check_analysis(fx2.MeanByMethod, GOOD, bad_tables=[42, {"metric": "loss"}], task=fx.BlobTask())
+    assert [r.check for r in results] == list(ANALYSIS_CHECKS)
+    assert not [str(r) for r in results if r.failed]
+    assert "6 saved models seen" in results[-1].seen  # dense x 2 seeds, lora x 2 budgets x 2 seeds
+
+
+@pytest.mark.parametrize("fixture,check,seen", [
+    (fx2.RaisesValueError, "validate", "ValueError: not a table"),
+    (fx2.AcceptsAnything, "validate", "it was accepted"),
+    (fx2.NestedTable, "run", "does not write as CSV"),
+    (fx2.NanRecord, "run", "not a finite number"),
+])
+def test_catches_an_analysis_bug(fixture, check, seen):
+    r = check_analysis(fixture, GOOD, task=fx.BlobTask(), checks=[check])[0]
+    assert r.failed and seen in r.seen
+
+
+def test_an_analysis_that_owns_a_table_needs_one_to_check():
+    results = check_analysis(fx2.MeanByMethod, task=fx.BlobTask(), checks=["validate", "run"])
+    assert all(r.skipped and "table=" in r.skipped for r in results)
+
+
+def test_builtin_analyses_pass_the_kit():
+    claims = [{"name": "lora beats dense", "text": "t", "task": "digits-mlp",
+               "checks": [{"a": "lora@0.5", "b": "dense@full", "relation": "not_worse", "tolerance": 1.0}]}]
+    bad_claims = [42, [{"name": "x", "text": "t", "task": "nope", "checks": [{"a": "lora@0.5", "b": "dense@full"}]}]]
+    assert not [str(r) for r in check_analysis(Registry.load().analysis("claims").cls, claims, bad_tables=bad_claims)
+                if r.failed]
+    entries = {"dense": "dense", "intrinsic": "intrinsic"}
+    results = check_analysis(Registry.load().analysis("d_int90").cls, {}, entries=entries,
+                             bad_tables=[42, {"threshold": "high"}])
+    assert not [str(r) for r in results if r.failed]
+
+
+# ---- merge methods and keyword-input tasks ---------------------------------------------------
+
+def test_correct_merge_passes_on_the_kit_family():
+    results = by_check(check_method(fx2.AverageMerge))
+    assert not [str(r) for r in results.values() if r.failed]
+    assert results["smoke_run"].passed and "per member" in results["smoke_run"].seen
+    assert results["base_untouched"].passed and results["budget_monotone"].skipped
+
+
+def test_catches_a_merge_that_mutates_a_member():
+    r = check_method(fx2.MutatesMembers, checks=["base_untouched"])[0]
+    assert r.failed and "member 'a'" in r.seen and "values changed" in r.seen
+
+
+def test_a_merge_needs_a_task_family():
+    with pytest.raises(Exception, match="needs a task with a family"):
+        check_method(fx2.AverageMerge, fx.BlobTask())
+
+
+def test_keyword_task_with_a_pretrained_base():
+    """Dict batches, keyword-only forward, a pretrained base (make_model would raise)."""
+    from coreplugins import DictTask
+
+    assert not [str(r) for r in check_task(DictTask()) if r.failed]
+    checks = ["base_untouched", "kind", "identity_at_init", "params_honest", "flops", "state_dict_round_trip",
+              "smoke_run", "inference_form"]
+    assert not [str(r) for r in check_method(fx.TinyLora, DictTask(), checks=checks) if r.failed]
+
+
+def test_a_registered_method_by_name():
+    r = check_method("lora", fx.BlobTask(), checks=["identity_at_init"])[0]
+    assert r.passed and "'lora'" in r.subject
 
 
 def test_pytest_plugin_fixture_runs_checks(tmp_path):
@@ -192,7 +313,15 @@ _CTR_SMALL = {"n_train": 2000, "n_val": 500, "n_test": 1000, "vocab": 100, "voca
 SMALL.update({"ctr": _CTR_SMALL, "ctr-autoint": _CTR_SMALL})
 # Plugins that only work on their own family's task (embedding-table methods, the ctr metric):
 # the kit runs them there, at test size (name -> (task, method hyper-parameters)).
-OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ctr": ("ctr", {})}
+OWN_TASK = {"dnis": ("ctr", {"search_steps": 20}), "mixed-dim": ("ctr", {}), "ctr": ("ctr", {}),
+            "seq-flops": ("hf-text", {})}
+SMALL["hf-text"] = {"max_length": 16, "max_train": 64, "max_eval": 32, "finetune_steps": 2, "recover_steps": 2}
+# Metrics that speak on merge cells only: tests/test_method_merging.py runs the kit on a merge context.
+MERGE_METRICS = {"merge-cost", "merge-quality"}
+
+
+# Tasks for methods whose targets name a slot only some tasks have (the VQ methods' `quantizer`).
+SLOT_TASKS = {"quantizer": "vq-digits"}
 
 
 def _builtin_entries():
@@ -213,7 +342,7 @@ def _builtin_entries():
                 for kind in cls.supported_kinds():
                     if kind != "merge":  # merge kinds: tests/test_method_merging.py, with CPU-sized steps
                         entries.append(pytest.param("method", name, kind, id=f"method-{name}-{kind}"))
-            elif kind_of in ("task", "metric"):
+            elif kind_of in ("task", "metric") and name not in MERGE_METRICS:
                 entries.append(pytest.param(kind_of, name, None, id=f"{kind_of}-{name}"))
     return entries
 
@@ -225,7 +354,9 @@ def test_builtin_plugin_passes_the_kit(what, name, kind):
     own, hparams = OWN_TASK.get(name, (None, {}))
     task = reg.task(own).cls(**SMALL.get(own, {})) if own else None
     if what == "method":
-        results = check_method(reg.method(name).cls, task, kind=kind, **hparams)
+        cls = reg.method(name).cls
+        task = task or next((SLOT_TASKS[t] for t in cls.targets if t in SLOT_TASKS), None)
+        results = check_method(cls, task, kind=kind, **hparams)
     elif what == "task":
         results = check_task(reg.task(name).cls(**SMALL.get(name, {})))
     else:

@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Callable
 
 import torch

@@ -13,6 +13,7 @@ the other cells go on. On CPU `jobs` workers run side by side; on CUDA one worke
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import signal
 import time
@@ -132,7 +133,7 @@ class LocalExecutor:
             cell, slot = self._pending.popleft(), self._free.pop()
             proc = self._ctx.Process(target=process_main, daemon=True,
                                      args=(cell.__dict__, self._run.run_id, str(self._run.run_dir), self._queue,
-                                           self.threads, slot))
+                                           self.threads, slot, os.getpid()))
             proc.start()
             self._running[cell.key] = _Running(cell, proc, slot, time.monotonic() + cell.timeout_s)
             yield ev.CellStarted(cell.key, cell.label, slot)

@@ -26,8 +26,10 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import secrets
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from ..core.cells import Cell, is_cell_key
 from ..core.environment import collect
 from ..measure import latency
 from ..registry import Registry
-from . import models
+from . import lifetime, models
 
 PHASE = "inference_interleaved"
 KEY_PREFIX = "interleave:"
@@ -139,8 +141,10 @@ def _call(model: torch.nn.Module, inputs: api.Inputs) -> Callable[[], object]:
 
 
 def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str, queue: Any, threads: int,
-                 device: str) -> None:
+                 device: str, parent: int) -> None:
     """Entry point of the interleave process (spawned: a clean interpreter)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner handles Ctrl-C
+    lifetime.die_with_parent(parent)
     try:
         latency.set_threads(threads or None)
         cells = [Cell.from_dict(d) for d in cell_dicts]
@@ -159,7 +163,7 @@ def run_group(cells: list[Cell], reached: dict[str, Reached], run_id: str, threa
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     args = ([c.__dict__ for c in cells], {k: (r.knob, r.budget_reached) for k, r in reached.items()},
-            run_id, q, threads, device)
+            run_id, q, threads, device, os.getpid())
     proc = ctx.Process(target=process_main, args=args, daemon=True)
     proc.start()
     deadline = time.monotonic() + timeout_s

@@ -8,15 +8,11 @@ Progress, RecordsReady, then CellDone or CellFailed.
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
 import datetime as dt
 import gc
 import math
 import os
 import signal
-import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +27,7 @@ from ..core.environment import collect
 from ..measure.latency import set_threads
 from ..measure.params import count_params
 from ..registry import Registry
-from . import artefacts, models
+from . import artefacts, lifetime, models
 from . import budget as budget_mod
 from .train import NonFiniteLoss, make_optimizer, train
 
@@ -139,6 +135,7 @@ class CellRun:
         recipe = self.recipe(task, method)
         deployed = method.for_inference(copy.deepcopy(model))
         dense = count_params(start)
+        start.eval().requires_grad_(False)  # the base is done with: what metrics see is frozen
         mctx = api.MeasureContext(
             task=task, method=method, model=model, inference_model=deployed, kind=self.cell.kind, device=self.device,
             protocol=self.cell.protocol, make_optimizer=lambda m: make_optimizer(m, method, recipe.lr, recipe.weight_decay),
@@ -226,7 +223,9 @@ def classify(exc: BaseException) -> str:
     """A short reason for a failed cell."""
     if isinstance(exc, NonFiniteLoss):
         return f"non-finite loss: {exc}"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(s in text for s in ("out of memory", "can't allocate memory",
+                                                                "cannot allocate memory")):
         return f"out of memory: {type(exc).__name__}: {str(exc)[:300]}"
     return f"{type(exc).__name__}: {str(exc)[:500]}"
 
@@ -246,6 +245,8 @@ def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = Non
         registry = registry or Registry.load()
         CellRun(cell, run_id, send, registry, device, run_dir).run()
     except BaseException as exc:  # a plugin may raise anything, even SystemExit
+        traceback.clear_frames(exc.__traceback__)  # the failed frames' tensors go before we format anything
+        gc.collect()
         failure = (classify(exc), records.cap_text(traceback.format_exc()))
     if failure is None:
         send(ev.CellDone(cell.key))
@@ -254,31 +255,11 @@ def execute(cell: Cell, run_id: str, send: Send, registry: Registry | None = Non
     send(ev.CellFailed(cell.key, cell.label, *failure))
 
 
-def _die_with_parent() -> None:
-    """A worker must not outlive the run that started it (a killed parent leaves no hung worker):
-    the kernel kills it when its parent dies (Linux), and a watchdog thread checks too."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
-
-
-def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads: int, device: str) -> None:
+def process_main(cell_dict: dict, run_id: str, run_dir: str, queue: Any, threads: int, device: str,
+                 parent: int) -> None:
     """Entry point of a worker process (spawned: a clean interpreter per cell)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it cancels, we are killed
-    _die_with_parent()
+    lifetime.die_with_parent(parent)
     cell = Cell.from_dict(cell_dict)
     # report at once: this starts the queue's feeder thread while memory is still there to start it
     queue.put(ev.CellStarted(cell.key, cell.label, f"pid {os.getpid()}"))

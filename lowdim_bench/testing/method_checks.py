@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import copy
 import io
-import math
-import time
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,49 +16,19 @@ from torch import nn
 from .. import api
 from ..measure.flops import forward_flops, train_step_flops
 from ..measure.params import count_params, stored_elements
-from ..run.budget import counted
 from ..run.train import make_optimizer
 from . import probes
+from .outputs import compare_outputs, outputs as _outputs
 from .results import CheckResult, failed, passed, skipped
+from .run_checks import check_budget_monotone, check_inference_form, check_smoke_run, sweep
 from .subject import MethodSubject
+
+__all__ = ["METHOD_CHECKS", "run_method_check", "compare_outputs", "sweep"]
 
 Check = Callable[[MethodSubject], CheckResult]
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-def _outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    with torch.no_grad():
-        out = model.eval()(*inputs)
-    flat: list[torch.Tensor] = []
-
-    def walk(x: Any) -> None:
-        if isinstance(x, torch.Tensor):
-            flat.append(x.detach().float())
-        elif isinstance(x, (tuple, list)):
-            for v in x:
-                walk(v)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-
-    walk(out)
-    return flat
-
-
-def compare_outputs(a: list[torch.Tensor], b: list[torch.Tensor], atol: float, rtol: float) -> tuple[bool, str]:
-    """(close, description) of two flattened outputs, elementwise |a - b| <= atol + rtol |b|."""
-    if [t.shape for t in a] != [t.shape for t in b]:
-        return False, f"output shapes differ: {[tuple(t.shape) for t in a]} vs {[tuple(t.shape) for t in b]}"
-    worst, scale = 0.0, 0.0
-    ok = True
-    for x, y in zip(a, b):
-        diff = (x - y).abs()
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-        scale = max(scale, float(y.abs().max()) if y.numel() else 0.0)
-        ok &= bool(torch.all(diff <= atol + rtol * y.abs())) and bool(torch.isfinite(x).all())
-    return ok, f"max |difference| {worst:.3g} (outputs up to {scale:.3g})"
-
 
 def _digests(model: nn.Module) -> dict[str, str]:
     """Digest of each distinct, non-constant floating parameter of the base."""
@@ -105,24 +73,26 @@ def check_declaration(s: MethodSubject) -> CheckResult:
 
 
 def check_base_untouched(s: MethodSubject) -> CheckResult:
-    """apply must not change the base (values, requires_grad, modules), not even through aliasing."""
+    """apply must not change the base (values, requires_grad, modules), not even through aliasing;
+    a merge must not change the family's members either."""
     name = "base_untouched"
     base = s.base()
+    members = s.members()
     before = probes.snapshot(base)
-    members_before = {m: probes.snapshot(mod) for m, mod in s.members().items()}
+    members_before = {k: probes.snapshot(m) for k, m in members.items()}
     model = s.apply(base)
-    if model is base:
-        return failed(name, s.label, "apply returns a new model", "it returned the base model object itself")
+    if model is base or any(model is m for m in members.values()):
+        return failed(name, s.label, "apply returns a new model", "it returned the base model (or a member) itself")
     diff = probes.diff_snapshots(before, probes.snapshot(base))
     if diff:
         return failed(name, s.label, "the base model unchanged by apply (values, requires_grad flags, modules)",
                       "after apply: " + "; ".join(diff))
-    for m, snap in members_before.items():
-        diff = probes.diff_snapshots(snap, probes.snapshot(s.members()[m]))
+    for k, m in members.items():
+        diff = probes.diff_snapshots(members_before[k], probes.snapshot(m))
         if diff:
-            return failed(name, s.label, "every member unchanged by the merge (ctx.members is read-only)",
-                          f"member {m!r} after apply: " + "; ".join(diff))
-    if s.kind != "merge" and _trainable_present(model):
+            return failed(name, s.label, "every member of the family unchanged by apply (ctx.members is read-only)",
+                          f"after apply, member {k!r}: " + "; ".join(diff))
+    if s.trains(model):
         s.train(model, steps=1)
         diff = probes.diff_snapshots(before, probes.snapshot(base))
         if diff:
@@ -136,12 +106,14 @@ def check_kind(s: MethodSubject) -> CheckResult:
     """The declared kind's contract: adapt freezes every base tensor and trains only new ones."""
     name = "kind"
     base = s.base()
-    ref = _outputs(s.scored(base), s.inputs())
+    ref = _outputs(base, s.inputs())
     model = s.apply(base)
-    out = _outputs(s.scored(model), s.inputs())
+    out = _outputs(model, s.inputs())
     if [t.shape for t in out] != [t.shape for t in ref]:
         return failed(name, s.label, f"the applied model's output shapes {[tuple(t.shape) for t in ref]} (as the base)",
                       f"{[tuple(t.shape) for t in out]}")
+    if s.kind == "merge":
+        return passed(name, s.label, f"merged {len(s.members())} members; output shapes as the base's")
     trainable = sum(stored_elements(p) for p in model.parameters() if p.requires_grad)
     declared = s.cls.kind
     if declared in ("adapt", "train", "head") and s.kind == declared and trainable == 0 \
@@ -161,9 +133,11 @@ def check_identity_at_init(s: MethodSubject) -> CheckResult:
     name = "identity_at_init"
     if not s.cls.identity_at_init:
         return skipped(name, s.label, "the method does not declare identity_at_init")
+    if s.kind == "merge":
+        return skipped(name, s.label, "a merge is not meant to compute what the base computes")
     inputs = s.inputs()
-    ref = _outputs(s.scored(s.base()), inputs)
-    out = _outputs(s.scored(s.apply()), inputs)
+    ref = _outputs(s.base(), inputs)
+    out = _outputs(s.apply(), inputs)
     ok, what = compare_outputs(out, ref, s.options.atol, s.options.rtol)
     if not ok:
         return failed(name, s.label, f"outputs equal to the base's on the task's example inputs "
@@ -218,19 +192,19 @@ def check_flops(s: MethodSubject) -> CheckResult:
     bs = s.options.batch_size
     trained = s.trained()
     deployed = s.method.for_inference(copy.deepcopy(trained)).eval()
-    fwd = forward_flops(s.scored(deployed), s.inputs(bs))
-    dense = forward_flops(s.scored(s.base()), s.inputs(bs)).executed
+    fwd = forward_flops(deployed, s.inputs(bs))
+    dense = forward_flops(s.base(), s.inputs(bs)).executed
     problems = []
     if fwd.executed <= 0 or fwd.ideal <= 0:
         problems.append(f"forward FLOPs executed {fwd.executed}, ideal {fwd.ideal}")
-    if _trainable_present(trained):
+    if _trainable_present(trained) and s.kind != "merge":
         m = copy.deepcopy(trained).train()
         batch = s.task.example_batch(bs, torch.device("cpu"))
         step = train_step_flops(m, lambda: s.task.loss(m, batch))
         if step.executed <= 0:
             problems.append(f"training-step FLOPs executed {step.executed}")
     for form, model in (("deployed", deployed), ("training", trained)):
-        found = probes.sparse_as_dense_operands(s.scored(model), s.inputs(bs), s.inputs(bs + 3))
+        found = probes.sparse_as_dense_operands(model, s.inputs(bs), s.inputs(bs + 3))
         if found:
             problems.append(f"{form} form multiplies mostly-zero weights as dense matrices, so FLOPs count every zero: "
                             + ", ".join(f"{f.op} operand {f.shape} {f.zero_fraction:.0%} zeros" for f in found[:4]))
@@ -283,7 +257,7 @@ def check_state_dict_round_trip(s: MethodSubject) -> CheckResult:
     except Exception as exc:
         return failed(name, s.label, "a state_dict of tensors that torch.load(weights_only=True) reads",
                       f"{type(exc).__name__}: {str(exc)[:200]}")
-    want = _outputs(s.scored(trained), s.inputs())
+    want = _outputs(trained, s.inputs())
     verdicts = []
     for seed in (s.seed, s.seed + 1):
         fresh = s.apply(seed=seed)
@@ -295,7 +269,7 @@ def check_state_dict_round_trip(s: MethodSubject) -> CheckResult:
                 break
             return failed(name, s.label, "the saved state loads (strict) into a fresh apply",
                           f"{type(exc).__name__}: {str(exc)[:300]}")
-        ok, what = compare_outputs(_outputs(s.scored(fresh), s.inputs()), want, s.options.atol, s.options.rtol)
+        ok, what = compare_outputs(_outputs(fresh, s.inputs()), want, s.options.atol, s.options.rtol)
         if seed == s.seed and not ok:
             return failed(name, s.label, "a fresh apply with the saved state loaded computes what the trained model "
                           "computes (state outside the state_dict is lost on save)", what)
@@ -303,84 +277,6 @@ def check_state_dict_round_trip(s: MethodSubject) -> CheckResult:
                         ("self-contained: also under another seed" if ok else
                          "needs its seed: frozen state is regenerated from ctx.seed, not stored"))
     return passed(name, s.label, "; ".join(verdicts))
-
-
-def sweep(lo: float, hi: float, integer: bool, points: int) -> list[float]:
-    """Knob values from lo to hi: all of them when few, else geometrically spaced, ends included."""
-    if integer:
-        lo, hi = int(lo), int(hi)
-        if hi - lo + 1 <= points:
-            return list(range(lo, hi + 1))
-        vals = {lo, hi}
-        for i in range(1, points - 1):
-            vals.add(int(round(math.exp(math.log(max(lo, 1)) + i * (math.log(hi) - math.log(max(lo, 1))) / (points - 1)))))
-        return sorted(v for v in vals if lo <= v <= hi)
-    return [lo + i * (hi - lo) / (points - 1) for i in range(points)]
-
-
-def check_budget_monotone(s: MethodSubject) -> CheckResult:
-    """Counted parameters never decrease as the size knob grows (the budget search bisects on it)."""
-    name = "budget_monotone"
-    knob = s.cls.knob
-    if knob is None:
-        return skipped(name, s.label, "the method has no size knob")
-    if s.kind == "merge":
-        return skipped(name, s.label, "a merge's knob is the fraction it keeps, not a parameter count")
-    base = s.base()
-    lo, hi = s.method.knob_range(base)
-    values = sweep(lo, hi, knob.integer, s.options.sweep_points)
-    counts = [counted(s.apply(base, size=v), s.kind) for v in values]
-    pairs = ", ".join(f"{v:g}:{c}" for v, c in zip(values, counts))
-    what = "trainable" if s.kind == "adapt" else "stored"
-    drops = [(values[i], values[i + 1]) for i in range(len(counts) - 1) if counts[i + 1] < counts[i]]
-    if drops:
-        return failed(name, s.label, f"{what} parameters non-decreasing in {knob.name}",
-                      f"{knob.name}:count {pairs}; decreases between {drops[:3]}")
-    if len(values) > 1 and counts[-1] == counts[0]:
-        return failed(name, s.label, f"{what} parameters growing with {knob.name} over its range",
-                      f"the same count at every value: {pairs}")
-    return passed(name, s.label, pairs)
-
-
-def check_smoke_run(s: MethodSubject) -> CheckResult:
-    """apply + a few steps of the harness's training loop + evaluation, within the time limit."""
-    name = "smoke_run"
-    start = time.perf_counter()
-    model = s.apply()
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trains = s.kind != "merge" and (bool(before) or s.method.configure_optimizer(model, 1e-3, 0.0) is not None)
-    result = s.train(model) if trains else None
-    if s.kind == "merge":  # the mean over members, each through its view on its validation split
-        qs = [s.task.evaluate(s.task.member_view(model, m, mod), s.task.splits(f"member:{m}", s.seed)["val"])
-              for m, mod in s.members().items()]
-        quality = sum(qs) / len(qs)
-    else:
-        quality = s.task.evaluate(model, s.splits()["val"])
-    seconds = time.perf_counter() - start
-    if trains and before and not any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()
-                                     if n in before):
-        return failed(name, s.label, "training changes the trainable parameters",
-                      f"none changed in {s.options.steps} steps: are they used in the forward?")
-    if not math.isfinite(quality):
-        return failed(name, s.label, "a finite quality", f"{quality}")
-    if seconds > s.options.time_limit_s:
-        return failed(name, s.label, f"apply, {s.options.steps} training steps and evaluation within "
-                      f"{s.options.time_limit_s:g} s", f"{seconds:.1f} s")
-    loss = f", final loss {result.final_loss:.4g}" if result and result.final_loss is not None else ""
-    return passed(name, s.label, f"{seconds:.2f} s, {s.task.quality.name} {quality:.4g}{loss}")
-
-
-def check_inference_form(s: MethodSubject) -> CheckResult:
-    """for_inference (what FLOPs and latency measure) computes what the trained model computes."""
-    name = "inference_form"
-    trained = s.trained()
-    deployed = s.method.for_inference(copy.deepcopy(trained))
-    ok, what = compare_outputs(_outputs(s.scored(deployed), s.inputs()), _outputs(s.scored(trained), s.inputs()),
-                               s.options.atol * 10,
-                               s.options.rtol * 10)
-    if not ok:
-        return failed(name, s.label, "the deployed form computes what the trained model computes", what)
-    return passed(name, s.label, what)
 
 
 METHOD_CHECKS: dict[str, Check] = {

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..api import Inputs
+
 aten = torch.ops.aten
 ZERO_FRACTION = 0.5  # a dense tensor at least this share exactly zero is a sparse part stored dense
 MIN_NUMEL = 64  # smaller tensors (biases of tiny layers, scalars) are never flagged
@@ -164,7 +166,7 @@ class _OperandRecorder(TorchDispatchMode):
         return out
 
 
-def matmul_operands(model: nn.Module, inputs: tuple) -> list[list[Operand]]:
+def matmul_operands(model: nn.Module, inputs: Any) -> list[list[Operand]]:
     """Operands of each matmul/convolution in one no-grad forward, in call order."""
     depth = [0]
     handles = []
@@ -175,7 +177,7 @@ def matmul_operands(model: nn.Module, inputs: tuple) -> list[list[Operand]]:
     calls: list[list[Operand]] = []
     try:
         with torch.no_grad(), _OperandRecorder(calls, lambda: depth[0] > 0):
-            model(*inputs)
+            Inputs.of(inputs).call(model)
     finally:
         for h in handles:
             h.remove()
@@ -191,7 +193,7 @@ class SparseAsDense:
     zero_fraction: float
 
 
-def sparse_as_dense_operands(model: nn.Module, inputs_a: tuple, inputs_b: tuple) -> list[SparseAsDense]:
+def sparse_as_dense_operands(model: nn.Module, inputs_a: Any, inputs_b: Any) -> list[SparseAsDense]:
     """Operands identical under two different inputs (so they come from the weights, not the
     data) that are mostly zeros and are not inside a module that declares `ideal_flops`."""
     seen_a = {o.digest for call in matmul_operands(model, inputs_a) for o in call}

@@ -1,7 +1,8 @@
 """pytest plugin of the conformance kit (entry point `pytest11`: lowdim_bench).
 
 Fixtures:
-- `lowdim_kit`: a Kit with .method(cls, ...), .task(cls_or_name, ...), .metric(cls, ...), each
+- `lowdim_kit`: a Kit with .method(cls_or_name, ...), .task(cls_or_name, ...), .metric(cls, ...),
+  .analysis(cls, table, ...), each
   asserting conformance and returning the CheckResults; subjects are cached for the session so
   one test per check (parametrize over `lowdim_bench.testing.METHOD_CHECKS`) stays cheap.
 - `lowdim_kit_options`: the KitOptions the kit uses (override the fixture to change them).
@@ -47,6 +48,11 @@ class Kit:
         from lowdim_bench.testing import assert_metric_conforms
 
         return assert_metric_conforms(metric, task)
+
+    def analysis(self, analysis: Any, table: Any = None, **kwargs: Any) -> list:
+        from lowdim_bench.testing import assert_analysis_conforms
+
+        return assert_analysis_conforms(analysis, table, **kwargs)
 
 
 @pytest.fixture(scope="session")

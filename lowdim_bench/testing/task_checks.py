@@ -21,6 +21,7 @@ import torch
 
 from .. import api
 from ..run import cache
+from ..run.models import seed_everything
 from ..run.train import train
 from .results import CheckResult, failed, passed, skipped
 
@@ -139,27 +140,54 @@ def _cache_dir(path: str) -> Iterator[None]:
             os.environ["LOWDIM_BENCH_CACHE"] = old
 
 
-def check_base_reproducible(task: api.Task, seed: int = 0, steps: int = 3) -> CheckResult:
-    """Same seed -> same weights (fresh and after a short pretraining, with the global RNG moved in
-    between); another seed -> other weights; the base cache returns what was built."""
-    name = "base_reproducible"
+def _fresh(task: api.Task, seed: int) -> dict:
+    """make_model(seed) under the harness's seeding (run/models.py: seed_everything first), with
+    the global RNG moved before, so only what the harness fixes can make two calls agree."""
+    torch.manual_seed(int.from_bytes(os.urandom(2), "little"))
+    seed_everything(seed)
+    return task.make_model(seed).state_dict()
+
+
+def _global_rng_note(task: api.Task, seed: int) -> str:
+    """Whether make_model draws from the global RNG (fine under the harness, worth knowing)."""
     torch.manual_seed(1)
     a = task.make_model(seed).state_dict()
     torch.manual_seed(2)
-    b = task.make_model(seed).state_dict()
-    differ = _states_equal(a, b)
+    return "" if not _states_equal(a, task.make_model(seed).state_dict()) else \
+        "make_model draws from the global RNG: reproducible only under the harness's seeding"
+
+
+def check_base_reproducible(task: api.Task, seed: int = 0, steps: int = 3) -> CheckResult:
+    """Under the harness's seeding (seed_everything before make_model and before training, as
+    run/models.base_model does): same seed -> same weights, fresh and after a short pretraining,
+    whatever the global RNG held before (dropout and other global draws are fine); another seed ->
+    other weights; the base cache returns what was built. A task with a pretrained base
+    (`Task.pretrained`) must return the same weights twice."""
+    name = "base_reproducible"
+    ready = task.pretrained("target", seed)
+    if ready is not None:
+        differ = _states_equal(ready.state_dict(), task.pretrained("target", seed).state_dict())
+        if differ:
+            return failed(name, _label(task), "pretrained('target', seed) twice gives the same weights",
+                          f"differ: {differ[:5]}")
+        return passed(name, _label(task), "pretrained base: the same weights twice (no pretraining to check)")
+    a = _fresh(task, seed)
+    differ = _states_equal(a, _fresh(task, seed))
     if differ:
-        return failed(name, _label(task), "make_model(seed) twice gives the same weights (seed your own RNG)",
+        return failed(name, _label(task), "make_model(seed) twice gives the same weights under the harness's seeding "
+                      "(seed_everything(seed) first); draw from the global RNG or a generator seeded with `seed`",
                       f"differ: {differ[:5]}")
-    if not _states_equal(a, task.make_model(seed + 1).state_dict()):
+    if not _states_equal(a, _fresh(task, seed + 1)):
         return failed(name, _label(task), "make_model with another seed gives other weights", "identical weights")
     if task.fingerprint() != task.fingerprint():
         return failed(name, _label(task), "a stable fingerprint()", "two calls differ")
     recipe = task.recipe("pretrain").replace(steps=steps, log_every=1)
 
     def build() -> torch.nn.Module:
-        torch.manual_seed(int.from_bytes(os.urandom(2), "little"))  # the loop must not lean on it
+        torch.manual_seed(int.from_bytes(os.urandom(2), "little"))  # moved: the harness re-seeds below
+        seed_everything(seed)
         model = task.make_model(seed)
+        seed_everything(seed)  # as the worker does before training (dropout masks come from it)
         train(model, task, None, task.splits("target", seed)["train"], recipe, seed, torch.device("cpu"))
         return model
 
@@ -176,14 +204,14 @@ def check_base_reproducible(task: api.Task, seed: int = 0, steps: int = 3) -> Ch
     differ = _states_equal(built.state_dict(), loaded.state_dict())
     if differ:
         return failed(name, _label(task), "the cached base equals the one built", f"differ: {differ[:5]}")
-    return passed(name, _label(task))
+    return passed(name, _label(task), _global_rng_note(task, seed))
 
 
 def check_task_interface(task: api.Task, seed: int = 0, batch_size: int = 8) -> CheckResult:
     """What the harness calls: recipes, batches, loss, evaluate, example inputs and batches."""
     name = "interface"
     cpu = torch.device("cpu")
-    model = task.make_model(seed)
+    model = task.pretrained("target", seed) or task.make_model(seed)
     problems = []
     for purpose in ("pretrain", "finetune", "recover"):
         if not isinstance(task.recipe(purpose), api.Recipe):
@@ -196,9 +224,9 @@ def check_task_interface(task: api.Task, seed: int = 0, batch_size: int = 8) -> 
     ex_loss = task.loss(model, task.example_batch(batch_size, cpu))
     if not (isinstance(ex_loss, torch.Tensor) and ex_loss.numel() == 1):
         problems.append("loss on example_batch is not a scalar tensor")
-    inputs = task.example_inputs(batch_size, cpu)
     with torch.no_grad():
-        model(*((inputs,) if isinstance(inputs, torch.Tensor) else inputs))
+        api.Inputs.of(task.example_inputs(batch_size, cpu)).call(model)
+        task.model_inputs(batch).call(model)  # what calibration hands a method
     value = task.evaluate(model, splits["val"])
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         problems.append(f"evaluate returned {value!r}, not a finite number")

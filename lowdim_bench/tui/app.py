@@ -17,22 +17,23 @@ from typing import Any, Callable
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Provider
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, TabbedContent, TabPane
+from textual.widgets import Header, Input, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
-from . import model
+from . import chartdata, model
+from .commands import AppCommands, palette_commands
 from .screens.modals import HelpScreen, QuitScreen, TextScreen
 from .screens.views import CompareScreen, DetailScreen, PluginsScreen
 from .session import RunSession, Update, finish_headless, prepare_processes
-from .widgets.charts import ChartPane
+from .widgets.footer import QuietFooter
 from .widgets.reports import ReportsPane, RunsTable
 from .widgets.results import ResultsTable
 from .widgets.run_panel import RunPanel
 from .widgets.setup import SetupPane
 
 TABS = ["tab-setup", "tab-run", "tab-results", "tab-reports"]
+RUNS_POLL_S = 2.0  # the reports list follows runs started or finished elsewhere within this
 MAIN_WIDGET = {"tab-setup": "#suites", "tab-run": "#log", "tab-results": "#results-table", "tab-reports": "#runs"}
 
 
@@ -40,21 +41,6 @@ class RunUpdated(Message):
     def __init__(self, update: Update) -> None:
         super().__init__()
         self.update = update
-
-
-class AppCommands(Provider):
-    """Command palette entries: the main actions, one per suite, report and chart."""
-
-    async def discover(self):
-        for name, callback, help_text in self.app.palette_commands()[:12]:
-            yield DiscoveryHit(name, callback, help=help_text)
-
-    async def search(self, query: str):
-        matcher = self.matcher(query)
-        for name, callback, help_text in self.app.palette_commands():
-            score = matcher.match(name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
 class LowdimApp(App[int]):
@@ -97,6 +83,7 @@ class LowdimApp(App[int]):
         self.live_table: model.TableData | None = None
         self._filter_timer: Any = None
         self._chart_timer: Any = None
+        self._runs_signature: tuple | None = None
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -107,18 +94,31 @@ class LowdimApp(App[int]):
             with TabPane("Run", id="tab-run"):
                 yield RunPanel(id="run-panel")
             with TabPane("Results", id="tab-results"):
-                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )", id="filter")
-                yield ResultsTable(id="results-table")
-                yield ChartPane(id="charts")
+                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )   ·  s sort  k next kind  "
+                            "c chart  enter detail", id="filter")
+                yield ResultsTable(id="results-table")  # the charts follow after the first frame
             with TabPane("Reports", id="tab-reports"):
                 yield ReportsPane(id="reports")
-        yield Footer()
+        yield QuietFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "loading plugins…"
         self.load_catalog()
         self.load_runs()
+        self.call_after_refresh(self.mount_charts)
         self.set_interval(1.0, self.tick)
+        self.set_interval(RUNS_POLL_S, self.poll_runs)
+
+    def mount_charts(self) -> None:
+        """The chart pane (plotext and four plots) after the first frame: it is not on the first
+        tab, and importing and composing it was a tenth of the time to first paint."""
+        from .widgets.charts import ChartPane
+
+        pane = ChartPane(id="charts")
+        self.query_one("#tab-results").mount(pane)
+        table = self.query_one(ResultsTable)
+        if table.data is not None:
+            pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows))
 
     @property
     def running(self) -> bool:
@@ -148,8 +148,16 @@ class LowdimApp(App[int]):
 
     @work(thread=True, exclusive=True, group="runs")
     def load_runs(self) -> None:
+        self._runs_signature = model.runs_signature(self.reports_dir)
         runs = model.list_runs(self.reports_dir)
-        self.call_from_thread(self.query_one(RunsTable).set_runs, runs)
+        self.call_from_thread(self._each, RunsTable, "set_runs", runs)
+
+    @work(thread=True, exclusive=True, group="poll")
+    def poll_runs(self) -> None:
+        """Stat the run folders (no reads); reload the list when one started, moved on or finished,
+        in this app or outside it (a headless run, the CLI)."""
+        if model.runs_signature(self.reports_dir) != self._runs_signature:
+            self.call_from_thread(self.load_runs)
 
     def on_runs_table_reload(self, _: RunsTable.Reload) -> None:
         self.load_runs()
@@ -175,6 +183,7 @@ class LowdimApp(App[int]):
         setup.show_suite(info, "saved selection (ctrl+d: suite's own)" if saved else
                          f"{len(own.methods)} methods × {len(own.tasks)} tasks, budgets {self.suite.budgets}, "
                          f"seeds {self.suite.seeds}")
+        setup.changed()  # the cells-and-time estimate of this selection
 
     def action_save_selection(self) -> None:
         if self.suite_info is None:
@@ -223,7 +232,7 @@ class LowdimApp(App[int]):
         self.query_one(ResultsTable).set_data(model.TableData([], [], {}))
         setup.set_running(True)
         self.sub_title = f"running {meta['name']}: {len(cells)} cells"
-        self.query_one(TabbedContent).active = "tab-run"
+        self.show_tab("tab-run")
         self.run_worker(self.session.run, thread=True, group="run", name="run", exit_on_error=False)
 
     def action_cancel(self) -> None:
@@ -242,6 +251,9 @@ class LowdimApp(App[int]):
         panel = self.query_one(RunPanel)
         panel.update_state(u.state)
         panel.add_lines(u.log)
+        if u.state.run_id and not any(r.run_id == u.state.run_id for r in self.query_one(RunsTable).runs) \
+                and self._runs_signature is not None:
+            self._runs_signature = None  # the run folder exists now: list it at the next poll
         if u.table is not None:
             self.live_table = u.table
             if self.view_source == "live":
@@ -277,7 +289,10 @@ class LowdimApp(App[int]):
         """Charts redraw 150 ms after the last change (cursor moves, filter, new records)."""
         if self._chart_timer is not None:
             self._chart_timer.stop()
-        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each(ChartPane, "show_rows", e.rows, e.selected))
+        data = self.query_one(ResultsTable).data
+        colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
+        self._chart_timer = self.set_timer(0.15, lambda e=event: self._each("#charts", "show_rows", e.rows, e.selected,
+                                                                            colors))
 
     def _each(self, widget: type, method: str, *args: Any) -> None:
         """A deferred call; the widget may be gone when the app is closing."""
@@ -289,30 +304,33 @@ class LowdimApp(App[int]):
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
+        if isinstance(self.screen, CompareScreen):  # `/` is a priority key: the screen's own filter
+            self.screen.action_focus_filter()
+            return
         self.query_one("#filter", Input).focus()
+        self.query_one(TabbedContent).active = "tab-results"
 
     def action_cycle_chart(self) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
-        self.query_one(ChartPane).remove_class("hidden")
-        self.notify(self.query_one(ChartPane).cycle(), timeout=1.5)
+        self.show_tab("tab-results")
+        self.query_one("#charts").remove_class("hidden")
+        self.notify(self.query_one("#charts").cycle(), timeout=1.5)
 
     def action_show_chart(self, index: int) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
-        self.query_one(ChartPane).remove_class("hidden")
-        self.query_one(ChartPane).show_chart(index)
+        self.show_tab("tab-results")
+        self.query_one("#charts").remove_class("hidden")
+        self.query_one("#charts").show_chart(index)
 
     def action_toggle_charts(self) -> None:
-        self.query_one(ChartPane).toggle_class("hidden")
+        self.query_one("#charts").toggle_class("hidden")
 
     def action_sort(self, column: str) -> None:
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.query_one(ResultsTable).sort_by(column)
 
     def action_show_live(self) -> None:
         self.view_source = "live"
         self.query_one(ResultsTable).set_data(self.live_table or model.TableData([], [], {}))
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
 
     def action_traceback(self) -> None:
         failures = self.query_one(RunPanel).failures
@@ -337,7 +355,7 @@ class LowdimApp(App[int]):
     def show_past_run(self, run: model.RunInfo, data: model.TableData) -> None:
         self.view_source = run.run_id
         self.query_one(ResultsTable).set_data(data)
-        self.query_one(TabbedContent).active = "tab-results"
+        self.show_tab("tab-results")
         self.sub_title = f"viewing {run.run_id} ({run.status}, {len(data.rows)} rows)"
 
     def on_runs_table_compare(self, event: RunsTable.Compare) -> None:
@@ -369,7 +387,14 @@ class LowdimApp(App[int]):
 
     # ---- screens, tabs, palette, quit ---------------------------------------------------------
     def action_tab(self, index: int) -> None:
-        self.query_one(TabbedContent).active = TABS[index]
+        self.show_tab(TABS[index])
+
+    def show_tab(self, pane_id: str) -> None:
+        """Switch tab and move the focus into it in one step. Switching alone leaves the focus on
+        a widget of the old tab, which Textual then hands to a neighbour in that tab, and the
+        tab switches back (F5 typed in the Budgets field stayed on Setup)."""
+        self.focus_main(pane_id)
+        self.query_one(TabbedContent).active = pane_id
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         """Focus follows the tab, so its keys (and 1-4) work at once; a field focused on
@@ -379,8 +404,10 @@ class LowdimApp(App[int]):
             self.focus_main(pane.id)
 
     def focus_main(self, pane_id: str | None) -> None:
+        """The tab's main widget, or the tab strip when it cannot take the focus (an empty table)."""
         if pane_id in MAIN_WIDGET:
-            self.query_one(MAIN_WIDGET[pane_id]).focus()
+            widget = self.query_one(MAIN_WIDGET[pane_id])
+            (widget if widget.focusable else self.query_one(TabbedContent).query_one(Tabs)).focus()
 
     def action_focus_main(self) -> None:
         self.focus_main(self.query_one(TabbedContent).active)
@@ -395,30 +422,12 @@ class LowdimApp(App[int]):
         self.push_screen(HelpScreen())
 
     def run_suite(self, info: model.SuiteInfo) -> None:
-        self.query_one(TabbedContent).active = "tab-setup"
+        self.show_tab("tab-setup")
         self.choose_suite(info)
         self.action_start()
 
     def palette_commands(self) -> list[tuple[str, Callable[[], Any], str]]:
-        cmds: list[tuple[str, Callable[[], Any], str]] = [
-            ("Start run", self.action_start, "run the Setup tab's selection (F5)"),
-            ("Cancel run", self.action_cancel, "stop the cells in flight (F6)"),
-            ("Compare marked reports", self.action_compare_marked, "per-metric deltas of the two marked runs"),
-            ("Toggle charts", self.action_toggle_charts, "show or hide the chart pane (v)"),
-            ("Show live run", self.action_show_live, "back to the run in progress in the table"),
-            ("Export view", self.action_export, "write the rows shown as report files (e)"),
-            ("Plugins", self.action_plugins, "every plugin and its load error (F2)"),
-            ("Help", self.action_help, "keys and markers (F1)"),
-        ]
-        cmds += [(f"Show chart: {name}", lambda i=i: self.action_show_chart(i), "") for i, name in enumerate(model.CHARTS)]
-        for info in self.catalog.suites if self.catalog else []:
-            cmds.append((f"Run suite {info.name}", lambda info=info: self.run_suite(info), str(info.path)))
-        for run in self.query_one(RunsTable).runs:
-            cmds.append((f"Open report {run.run_id}", lambda run=run: self.open_run(run), f"{run.suite}, {run.status}"))
-        table = self.query_one(ResultsTable)
-        for col, header in table.data.columns if table.data else []:
-            cmds.append((f"Sort by {header}", lambda col=col: self.action_sort(col), ""))
-        return cmds
+        return palette_commands(self)
 
     async def action_quit(self) -> None:
         if not self.running:
@@ -445,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: must be at least 1")
     app = LowdimApp(args.suites, args.reports, jobs=args.jobs)
-    code = app.run()
-    return int(code or 0)
+    app.run()
+    return exit_code(app)
+
+
+def exit_code(app: App) -> int:
+    """The app's return code: 0 on a normal quit, non-zero after an unhandled exception (App.run
+    returns None then, which must not read as success)."""
+    return int(app.return_code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,92 +211,9 @@ def saved_selection(suite_path: Path, file: Path | None = None) -> Selection | N
         return None
 
 
-# ---- results ------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    group: tuple[str, str, str, str]  # task, kind, method, size
-    values: dict[str, Any]  # summary columns, raw units
-    text: list[str]  # shown cells, display units
-    pareto: bool
-    failed: int
-    best: set[str] = field(default_factory=set)  # columns where this row is the best of its task/kind
-
-
-@dataclass
-class TableData:
-    columns: list[tuple[str, str]]  # (summary column, header)
-    rows: list[Row]
-    records: dict[tuple[str, str, str, str], list[dict[str, Any]]]  # every record of a row
-
-
-def size_of(budget: Any, knob: Any) -> str:
-    """The summary's size label (report.summary): budget, `knob N` or `full`."""
-    if budget is not None and not (isinstance(budget, float) and math.isnan(budget)):
-        return f"{budget:g}"
-    if knob is not None and not (isinstance(knob, float) and math.isnan(knob)):
-        return f"knob {knob:g}"
-    return "full"
-
-
-def table_data(records: list[dict[str, Any]]) -> TableData:
-    from .. import report
-
-    df = report.to_frame(records)
-    s = report.summary(df)
-    by_group: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        by_group.setdefault((r.get("task"), r.get("kind"), r.get("method"), size_of(r.get("budget"), r.get("knob"))), []).append(r)
-    if s.is_empty():
-        return TableData([], [], by_group)
-    cols = report.display_columns(s)
-    cols += [("status", "status")]
-    headers, texts = report.table_rows(s)
-    rows = []
-    for r, text in zip(s.to_dicts(), texts):
-        failed = int(r.get("n_failed") or 0)
-        status = "ok" if not failed else ("failed" if not r.get("n_seeds") else f"{failed} failed")
-        rows.append(Row((r["task"], r["kind"], r["method"], r["size"]), r, text + [status], bool(r.get("pareto")), failed))
-    mark_best(rows, [c for c, _ in cols])
-    return TableData(cols, rows, by_group)
-
-
-def mark_best(rows: list[Row], columns: list[str]) -> None:
-    """Flag the best value of each ranked column within each task and kind."""
-    for col in columns:
-        groups: dict[tuple[str, str], list[Row]] = {}
-        for row in rows:
-            v = row.values.get(col)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-                groups.setdefault(row.group[:2], []).append(row)
-        for members in groups.values():
-            sign = direction(col, members[0].values)
-            if sign == 0 or len(members) < 2:
-                continue
-            best = max(sign * m.values[col] for m in members)
-            for m in members:
-                if sign * m.values[col] == best:
-                    m.best.add(col)
-
-
-def sort_rows(rows: list[Row], column: str | None, descending: bool) -> list[Row]:
-    if column is None:
-        return list(rows)
-    def key(row: Row) -> tuple:
-        v = row.values.get(column)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-            return (0, v, "")
-        return (1 if v is None else 0, 0, str(v))
-    present = [r for r in rows if r.values.get(column) is not None]
-    missing = [r for r in rows if r.values.get(column) is None]
-    return sorted(present, key=key, reverse=descending) + missing
-
-
-def filter_rows(rows: list[Row], text: str) -> list[Row]:
-    """Rows whose task/kind/method/size contain every word of `text` (case-insensitive)."""
-    words = text.lower().split()
-    return [r for r in rows if all(any(w in g.lower() for g in r.group) for w in words)]
-
-
+# ---- results and charts -------------------------------------------------------------------------
+# The table lives in table.py, the charts' data in chartdata.py, past runs in runs.py; re-exported
+# so the app and tests use one namespace.
 def failure_record(cell: Any, run_id: str, reason: str, tb: str) -> dict[str, Any]:
     """A failed cell's record for the live table (the store holds the runner's own, built alike)."""
     from ..core import records
@@ -304,80 +221,11 @@ def failure_record(cell: Any, run_id: str, reason: str, tb: str) -> dict[str, An
     return records.failed(records.origin(cell, run_id, {}), reason, tb)
 
 
-# ---- charts -------------------------------------------------------------------------------------
 CHARTS = ["quality vs parameters", "quality vs latency", "memory breakdown", "latency by batch size"]
-MEMORY_PARTS = ["parameters", "gradients", "optimizer", "activations"]
 
-
-@dataclass
-class Series:
-    label: str
-    x: list[float]
-    y: list[float]
-
-
-def row_label(row: Row) -> str:
-    return f"{row.group[2]} {row.group[3]}"
-
-
-def params_of(row: Row) -> float | None:
-    return row.values.get("params_trainable" if row.group[1] == "adapt" else "params_stored")
-
-
-def quality_vs(rows: list[Row], x_of) -> tuple[list[Series], list[Series]]:
-    """Points per method (x, quality), and per task and kind the Pareto rows as a line sorted by x
-    (the front is computed within a task and kind, so one line each)."""
-    by_method: dict[str, Series] = {}
-    fronts: dict[tuple[str, str], Series] = {}
-    for r in rows:
-        x, q = x_of(r), r.values.get("quality")
-        if x is None or q is None or x <= 0:
-            continue
-        s = by_method.setdefault(r.group[2], Series(r.group[2], [], []))
-        s.x.append(float(x)); s.y.append(float(q))
-        if r.pareto:
-            f = fronts.setdefault(r.group[:2], Series(f"front {r.group[0]}/{r.group[1]}", [], []))
-            f.x.append(float(x)); f.y.append(float(q))
-    out = []
-    for f in fronts.values():
-        order = sorted(range(len(f.x)), key=lambda i: (f.x[i], f.y[i]))
-        out.append(Series(f.label, [f.x[i] for i in order], [f.y[i] for i in order]))
-    return list(by_method.values()), out
-
-
-def smallest_batch_latency(row: Row) -> float | None:
-    cols = [c for c in row.values if c.startswith("latency_p50[inference]@bs") and row.values[c] is not None]
-    if not cols:
-        return None
-    col = min(cols, key=lambda c: int(c.rsplit("@bs", 1)[1]))
-    return row.values[col] * 1e3
-
-
-def memory_breakdown(rows: list[Row]) -> tuple[list[str], list[list[float]]]:
-    """Row labels and, per part (parameters/gradients/optimizer/activations), MiB of a training step."""
-    labels, parts = [], [[] for _ in MEMORY_PARTS]
-    for r in rows:
-        vals = [next((v for c, v in r.values.items() if c.startswith(f"memory_{p}[train_step]") and v is not None), None)
-                for p in MEMORY_PARTS]
-        if all(v is None for v in vals):
-            continue
-        labels.append(row_label(r))
-        for i, v in enumerate(vals):
-            parts[i].append((v or 0.0) / 2**20)
-    return labels, parts
-
-
-def latency_by_batch(rows: list[Row]) -> list[Series]:
-    out = []
-    for r in rows:
-        pts = sorted((int(c.rsplit("@bs", 1)[1]), v * 1e3) for c, v in r.values.items()
-                     if c.startswith("latency_p50[inference]@bs") and v is not None)
-        if pts:
-            out.append(Series(row_label(r), [float(b) for b, _ in pts], [v for _, v in pts]))
-    return out
-
-
-# Past runs live in runs.py; re-exported so the app and tests use one namespace.
-from .runs import (SIZE_FAMILIES_LOWER_BETTER, direction,  # noqa: E402,F401
-                   CompareRow, RunInfo, compare_rows, export_view, fmt, list_runs, load_records,  # noqa: E402
-                   run_info)
+from .chartdata import MEMORY_PARTS, params_of, smallest_batch_latency  # noqa: E402
+from .runs import (CompareRow, RunInfo, compare_rows, export_view, list_runs, load_records,  # noqa: E402
+                   estimate, past_durations, run_info)
+from .runs import signature as runs_signature  # noqa: E402
+from .table import (Row, TableData, direction, filter_rows, mark_best, size_of, sort_rows,  # noqa: E402
+                    table_data)

@@ -14,7 +14,8 @@ Choices (also in the report and docs):
 - Statistics come from the uncompressed model, all layers in one calibration pass (forward hooks
   in eval mode under no_grad; each module's train/eval flag is restored). They are merged batch by
   batch in float64 (Chan's pairwise update), Cov with 1/N. Inputs of shape (..., d_in) count every
-  position (each token of a sequence) as a sample.
+  position (each token of a sequence) as a sample, except padding: when a calibration batch has
+  an `attention_mask` keyword of shape (B, L), (B, L, d) outputs count only the positions it keeps.
 - `calibration_batches` (default 8): at most that many batches are read from the calibration
   stream (the harness yields 8 of 64 samples). The statistics are cached on the method object
   for the model and weight versions they came from, since the budget search applies many times.
@@ -32,6 +33,8 @@ Choices (also in the report and docs):
   k (the budget search relies on it). With False, k is clamped to d_out.
 - `recover` (default False): with true the harness fine-tunes both factors (and biases) with the
   task's "recover" recipe.
+- Linears the calibration never reaches (an unused pooler) stay dense; the returned model records
+  each layer left out and why (_skips: head, break-even, tied, unreached).
 """
 from __future__ import annotations
 
@@ -46,8 +49,9 @@ from torch.nn.utils import skip_init
 from lowdim_bench.api import ApplyContext, Inputs, Knob, Method, Param, PluginError
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.layers import (RECOVER, SKIP_ABOVE_BREAK_EVEN, SKIP_MODULES, as_rank, body_linears, check_suffixes,
-                                 copy_swapping)
+                                 copy_swapping, find_layers)
 from lowdim_bench_builtin.methods._embedding_factors import TableFactor, check_tables, fusable, table_swaps
+from lowdim_bench_builtin.methods._skips import record_skips, tied_linears
 from lowdim_bench_builtin.methods.svd import FactoredLinear
 
 
@@ -100,11 +104,22 @@ def out_width(layer: nn.Module) -> int:
     return layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features
 
 
+def real_positions(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a (B, L, d) output at the tokens an attention mask keeps: padding positions
+    are not data, and on short texts they would outnumber the real tokens in the statistics."""
+    if mask is None or out.dim() != 3 or tuple(out.shape[:2]) != tuple(mask.shape):
+        return out
+    return out[mask.to(device=out.device) != 0]
+
+
 def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batches: Iterable[Any],
                     max_batches: int) -> dict[str, OutputStats]:
-    """Output statistics of each layer over at most `max_batches` calibration batches."""
+    """Output statistics of each layer over at most `max_batches` calibration batches; layers the
+    calibration never reached (unused modules) come back with count 0."""
     stats = {name: OutputStats.empty(out_width(lin)) for name, lin in layers}
-    handles = [lin.register_forward_hook(lambda _m, _i, out, s=stats[name]: s.update(out)) for name, lin in layers]
+    mask: list[torch.Tensor | None] = [None]  # the current batch's attention_mask, if it has one
+    handles = [lin.register_forward_hook(lambda _m, _i, out, s=stats[name]: s.update(real_positions(out, mask[0])))
+               for name, lin in layers]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -112,15 +127,16 @@ def collect_outputs(model: nn.Module, layers: list[tuple[str, nn.Linear]], batch
             for i, batch in enumerate(batches):
                 if i >= max_batches:
                     break
-                Inputs.of(batch).call(model)
+                inputs = Inputs.of(batch)
+                mask[0] = inputs.kwargs.get("attention_mask")
+                inputs.call(model)
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.train(mode)
-    empty = [name for name, s in stats.items() if s.count == 0]
-    if empty:
-        raise PluginError(f"afm: the calibration data reached no output of {empty}; "
+    if all(s.count == 0 for s in stats.values()):
+        raise PluginError(f"afm: the calibration data reached none of {list(stats)}; "
                           "afm needs ApplyContext.calibration to yield model inputs")
     return stats
 
@@ -215,7 +231,7 @@ class AfmMethod(Method):
         if self._cache is not None and self._cache[0]() is model and self._cache[1] == key:
             return self._cache[2]
         stats = collect_outputs(model, layers, ctx.calibration(), int(self.hparams["calibration_batches"]))
-        result = {name: principal(s) for name, s in stats.items()}
+        result = {name: principal(s) for name, s in stats.items() if s.count > 0}  # unreached: stay dense
         self._cache = (weakref.ref(model), key, result)
         return result
 
@@ -223,15 +239,24 @@ class AfmMethod(Method):
         k = as_rank(size, self.name)
         layers = self.select(model)
         chosen = [(n, lin, self.layer_k(lin, k)) for n, lin in layers]
+        skips = tied_linears(model)
+        picked = {n for n, _ in layers}
+        skips.update({n: "left dense by skip_modules (the head)" for n, _ in find_layers(model, (nn.Linear,))
+                      if n not in picked and n not in skips})
+        skips.update({n: f"k {min(k, lin.out_features)} at or above break-even: the AFM form would be no smaller "
+                      "than the dense layer, so it stays dense" for n, lin, kk in chosen if kk is None})
         factors = self.table_factors(model, k, ctx)  # {} unless embeddings = true
         if all(kk is None for _, _, kk in chosen) and not factors:
-            return copy_swapping(model, [])
+            return record_skips(copy_swapping(model, []), skips)
         tables, fused = table_swaps(model, factors)  # fused: the consumer Linear reading codes
         stats = self.statistics(model, layers, ctx) if any(kk is not None for _, _, kk in chosen) else {}
-        swaps = [(lin, afm_linear(fused.get(n, lin), stats[n], kk)) for n, lin, kk in chosen if kk is not None]
-        done = {n for n, _, kk in chosen if kk is not None}
+        skips.update({n: "the calibration data never reached it (an unused module)" for n, _, kk in chosen
+                      if kk is not None and n not in stats})
+        swaps = [(lin, afm_linear(fused.get(n, lin), stats[n], kk)) for n, lin, kk in chosen
+                 if kk is not None and n in stats]
+        done = {n for n, _, kk in chosen if kk is not None and n in stats}
         swaps += [(model.get_submodule(n), lin) for n, lin in fused.items() if n not in done]
-        return copy_swapping(model, swaps + tables)
+        return record_skips(copy_swapping(model, swaps + tables), skips)
 
     # ---- embedding tables (embeddings = true) ---------------------------------------------
     def table_k(self, table: nn.Embedding, k: int, folded: bool) -> int | None:

@@ -13,7 +13,7 @@ Choices (also in the report and docs):
   so the budget search works. With False, r is clamped to min(d_in, d_out).
 - Targets every Linear by default (`target_modules`: "all" or a list of name suffixes); Linears
   whose weight is shared with another module (tied heads) or owned by nn.MultiheadAttention are
-  left dense.
+  left dense. The model records each layer left dense and why (_skips: break-even, tied).
 - `recover` (default False, the one-shot result) is read by the harness: when true, the
   compressed model is fine-tuned with the task's "recover" recipe (its steps and rate; a suite
   changes them with [methods.NAME.recipe]).
@@ -39,6 +39,7 @@ from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.layers import (RECOVER, SKIP_ABOVE_BREAK_EVEN, TARGET_MODULES, as_rank, check_suffixes, copy_swapping,
                                  find_layers, split_by_suffixes)
 from lowdim_bench_builtin.methods._embedding_factors import TableFactor, check_tables, fusable, table_swaps
+from lowdim_bench_builtin.methods._skips import record_skips, tied_linears
 
 # weight tensor -> (its _version when decomposed, U, S, Vh) in float64
 _SVD_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -157,16 +158,18 @@ class SvdMethod(Method):
         skip = bool(self.hparams["skip_above_break_even"])
         # Factor from the original weights, so the SVD cache hits across applies.
         tables, fused = table_swaps(model, self.table_factors(model, rank, skip))
-        swaps, selected = [], self.select(model)
+        swaps, selected, skips = [], self.select(model), tied_linears(model)
         for name, linear in selected:
             r = layer_rank(fused.get(name, linear), rank, skip)
             if r is not None:
                 swaps.append((linear, factor_linear(fused.get(name, linear), r)))
-            elif name in fused:
-                swaps.append((linear, fused[name]))
+            else:
+                skips[name] = break_even_reason(linear.in_features, linear.out_features, rank)
+                if name in fused:
+                    swaps.append((linear, fused[name]))
         names = {n for n, _ in selected}
         swaps += [(model.get_submodule(n), lin) for n, lin in fused.items() if n not in names]
-        return copy_swapping(model, swaps + tables)
+        return record_skips(copy_swapping(model, swaps + tables), skips)
 
     def table_factors(self, model: nn.Module, rank: int, skip: bool) -> dict[str, TableFactor]:
         """Codes U_r S_r^1/2 and map (S_r^1/2 V_r^T)^T of each factored table (embeddings = true)."""
@@ -184,6 +187,11 @@ class SvdMethod(Method):
             root = s[:r].sqrt()
             out[name] = TableFactor(u[:, :r] * root[None, :], (root[:, None] * vh[:r]).t())
         return out
+
+
+def break_even_reason(d_in: int, d_out: int, rank: int) -> str:
+    return (f"rank {min(rank, d_in, d_out)} >= break-even {d_in * d_out / (d_in + d_out):.1f} of a {d_out}x{d_in} "
+            "weight: factored it would be larger, so it stays dense")
 
 
 @hookimpl

@@ -160,6 +160,16 @@ def recipe_params(steps: int, lr: float, batch_size: int, finetune_steps: int, f
     }
 
 
+def digits_fingerprint(tag: str) -> str:
+    """The data a digits task reads: its tag, the split seed and the bytes of scikit-learn's digits."""
+    x, y = _load_digits()
+    h = hashlib.sha256()
+    h.update(f"{tag} split_seed={SPLIT_SEED}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -190,12 +200,7 @@ class DigitsTask(Task):
         self._cache: dict[str, dict[str, DigitsSplit]] = {}
 
     def fingerprint(self) -> str:
-        x, y = _load_digits()
-        h = hashlib.sha256()
-        h.update(f"digits-mlp/v1 shift={self.options['shift']} split_seed={SPLIT_SEED}".encode())
-        h.update(np.ascontiguousarray(x).tobytes())
-        h.update(np.ascontiguousarray(y).tobytes())
-        return h.hexdigest()
+        return digits_fingerprint(f"digits-mlp/v1 shift={self.options['shift']}")
 
     def make_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -259,6 +264,18 @@ class DigitsTask(Task):
                 model(split.x[start:start + 1024].to(device))
 
         return head_inputs(model, run), split.y.clone()
+    def predictions(self, model: nn.Module, split: DigitsSplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) over the whole split on the CPU, in eval mode (calibration metrics).
+        digits-cnn inherits it: its splits hold images, the model takes them as they are."""
+        was_training = model.training
+        device = model_device(model)
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = [model(split.x[s:s + 1024].to(device)).float().cpu() for s in range(0, len(split), 1024)]
+        finally:
+            model.train(was_training)
+        return torch.cat(logits), split.y.clone()
 
     def example_inputs(self, batch_size: int, device: torch.device) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
+
 from lowdim_bench import report
 from lowdim_bench.registry import BUILTIN_DIST, PluginInfo, Registry
 from lowdim_bench.core.store import RunStore
@@ -99,4 +101,66 @@ def fixed_run(reports: Path, run_id: str, created: str, quality: dict[str, float
         mine = [r for r in records if r["cell_key"] == key]
         store.append_cell(key, mine[0]["attempt"], "ok", [{k: v for k, v in r.items() if k != "attempt"} for r in mine])
     report.write(d, store.records(), "# fixed")
+    return d
+
+
+# Several methods and budgets per kind, two seeds, three batch sizes, interleaved ratios and one
+# over-budget cell: enough for every chart to have a front, a tie, several colours and lines.
+GRID = [  # method, kind, budget, trainable, stored, quality (seed 0), over budget
+    ("fake-ref", "adapt", None, 1000, 1000, 0.900, False),
+    ("fake-head", "adapt", 0.05, 50, 1050, 0.800, False),
+    ("fake-head", "adapt", 0.1, 100, 1100, 0.860, False),
+    ("fake-head", "adapt", 0.3, 300, 1300, 0.855, True),
+    ("fake-lora", "adapt", 0.1, 120, 1120, 0.870, False),
+    ("fake-ref", "compress", None, 1000, 1000, 0.900, False),
+    ("fake-width", "compress", 0.1, 100, 100, 0.700, False),
+    ("fake-width", "compress", 0.3, 300, 300, 0.820, False),
+]
+
+
+def grid_records(run_id: str) -> list[dict]:
+    out = []
+    for method, kind, budget, trainable, stored, quality, over in GRID:
+        for seed in (0, 1):
+            key = f"{method}-{kind}-{budget}-{seed}"
+            base = {"run_id": run_id, "suite": "grid-ui", "suite_version": "1", "task": "tiny", "method": method,
+                    "kind": kind, "plugin": "fake-dist", "plugin_version": "0.1", "cell_key": key, "attempt": f"a-{key}",
+                    "budget": budget, "knob": None, "seed": seed, "device": "cpu", "status": "ok",
+                    "started_at": "2025-01-02T03:04:05", "duration_s": 2.0 + stored / 1000, "torch_version": "2.x",
+                    "python_version": "3.11", "device_name": "test cpu", "threads": 1, "git_rev": "abc123",
+                    "config": json.dumps({"method": method, "seed": seed}), "over_budget": over,
+                    "budget_reached": None if budget is None else budget * 0.96}
+            vals = [("quality", None, None, quality + 0.004 * seed, "fraction", True),
+                    ("params_trainable", None, None, trainable, "params", False),
+                    ("params_stored", None, None, stored, "params", False),
+                    ("flops_forward", None, None, 2 * stored, "FLOPs", False)]
+            for bs in (1, 8, 64):
+                vals.append(("latency_p50", "inference", bs, 1e-5 * stored / 100 * (1 + bs / 8), "s", False))
+            for part, scale in (("parameters", 4), ("gradients", 4 if kind != "adapt" else 0.4), ("optimizer", 8),
+                                ("activations", 20)):
+                vals.append((f"memory_{part}", "train_step", 64, scale * trainable * 10.0, "B", False))
+            if seed == 0:
+                for bs in (1, 64):
+                    ratio = 1.0 if method == "fake-ref" else stored / 1000 + 0.05
+                    vals += [("latency_ratio", "inference_interleaved", bs, ratio, "x", False),
+                             ("latency_spread", "inference_interleaved", bs, 1.3, "x", False)]
+            for metric, phase, bs, value, unit, hib in vals:
+                out.append({**base, "metric": metric, "phase": phase, "batch_size": bs, "value": float(value),
+                            "unit": unit, "higher_is_better": hib})
+    return out
+
+
+def grid_run(reports: Path, run_id: str = "20250103-000000-grid-ui-cccc", created: str = "2025-01-03T00:00:00") -> Path:
+    d = reports / run_id
+    d.mkdir(parents=True)
+    records = grid_records(run_id)
+    meta = {"run_id": run_id, "suite": {"name": "grid-ui", "version": "1"}, "created_at": created,
+            "environment": {"device_name": "test cpu"}, "status": "finished", "cells": [{}] * (len(GRID) * 2)}
+    (d / "run.json").write_text(json.dumps(meta))
+    store = RunStore(d)
+    for key in sorted({r["cell_key"] for r in records}):
+        mine = [r for r in records if r["cell_key"] == key]
+        store.append_cell(key, mine[0]["attempt"], "ok", [{k: v for k, v in r.items() if k != "attempt"} for r in mine])
+    store.append_cell("interleave:tiny", "a-interleave", "ok", [])
+    pl.DataFrame(records).drop("attempt").write_parquet(d / "records.parquet")
     return d

@@ -72,9 +72,12 @@ def check_complete_run(app) -> None:
     assert all(r.values["n_seeds"] == 2 and r.values["quality_std"] is not None for r in table.shown)
     assert all(len(table.data.records[g]) > 10 for g in groups)  # every record kept for the detail view
     charts = {c.id: c.data for c in app.query_one(ChartPane).charts}
-    assert {s.label for s in charts["chart-params"]["series"]} == {"fake-head", "fake-width"}
-    assert len(charts["chart-memory"]["labels"]) == 2 and all(v > 0 for v in charts["chart-memory"]["parts"]["parameters"])
-    assert {tuple(s.x) for s in charts["chart-batch"]["series"]} == {(1.0, 4.0)}
+    # the charts follow the selected row's task and kind (the first row: adapt)
+    assert [p.method for p in charts["chart-params"].points] == ["fake-head"]
+    assert charts["chart-params"].kind == "adapt" and charts["chart-params"].others == [("tiny", "compress")]
+    memory = charts["chart-memory"]  # every kind of the task
+    assert len(memory.labels) == 2 and all(v > 0 for v in memory.parts["parameters"])
+    assert [line.batch for line in charts["chart-batch"].lines] == [[1, 4]]
     lines = app.query_one(RunPanel).lines
     assert lines[-1].startswith("run finished: 4 ok, 0 failed") and sum(x.startswith("ok ") for x in lines) == 4
     on_disk = report.load(state.run_dir)
@@ -150,7 +153,7 @@ def test_open_past_report_detail_compare_and_export(tmp_path, fake_plugins):
             assert [r.group[2] for r in table.shown] == ["fake-head", "fake-width"]
             head = table.shown[0]
             assert head.values["quality"] == pytest.approx(0.805) and head.values["n_seeds"] == 2
-            assert head.pareto and not head.best  # alone in its task and kind: nothing to be best against
+            assert not head.pareto and not head.best  # alone in its task and kind: no front, nothing to beat
             table.focus()
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, DetailScreen), 10, "the detail view")
@@ -164,11 +167,16 @@ def test_open_past_report_detail_compare_and_export(tmp_path, fake_plugins):
             runs.focus()
             await pilot.press("space", "up", "space", "d")  # A = older, B = newer
             await until(pilot, lambda: isinstance(app.screen, CompareScreen), 30, "the comparison")
-            rows = {(r.text[2], r.text[4]): r for r in app.screen.rows}
+            rows = {(r.text[2], r.text[4].split(" ")[0]): r for r in app.screen.rows}
             assert rows[("fake-width", "quality")].regression
             assert not rows[("fake-head", "quality")].regression
             assert rows[("fake-head", "latency_p50[inference]@bs1")].regression  # twice as slow
             assert not rows[("fake-head", "params_trainable")].regression
+            assert rows[("fake-head", "latency_p50[inference]@bs1")].text[5:7] == ["1", "2"]  # ms, not seconds
+            shown = app.screen.query_one("#compare-table").row_count
+            await pilot.press("slash", *"width")  # the filter
+            await until(pilot, lambda: app.screen.query_one("#compare-table").row_count < shown, 5, "the filter")
+            assert all("fake-width" in r.text for r in app.screen.shown())
 
     asyncio.run(go())
 

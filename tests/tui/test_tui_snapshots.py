@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import TINY, fixed_registry, fixed_run, write
+from helpers import TINY, fixed_registry, fixed_run, grid_run, write
 from lowdim_bench.tui.app import LowdimApp
 from lowdim_bench.tui.widgets.reports import RunsTable
 
@@ -26,6 +26,7 @@ def app_factory(tmp_path, fake_plugins, monkeypatch):
     fixed_run(reports, RUN_A, "2025-01-01T00:00:00", {"fake-head": 0.8, "fake-width": 0.7})
     fixed_run(reports, "20250102-000000-tiny-ui-bbbb", "2025-01-02T00:00:00", {"fake-head": 0.8, "fake-width": 0.6},
               latency_scale=2.0)
+    grid_run(reports, created="2024-12-31T00:00:00")
     suite = write(tmp_path, "tiny.toml", TINY)
     return lambda: LowdimApp([suite], reports, registry_factory=fixed_registry, devices=[])
 
@@ -33,7 +34,7 @@ def app_factory(tmp_path, fake_plugins, monkeypatch):
 async def _settled(pilot) -> None:
     app = pilot.app
     deadline = time.monotonic() + 60
-    while app.catalog is None or app.suite is None or len(app.query_one(RunsTable).runs) < 2:
+    while app.catalog is None or app.suite is None or len(app.query_one(RunsTable).runs) < 3:
         assert time.monotonic() < deadline, "app did not load"
         await pilot.pause(0.05)
     await pilot.pause(0.1)
@@ -51,6 +52,24 @@ def test_main_screen_after_run(snap_compare, app_factory):
         while app.view_source != RUN_A:
             await pilot.pause(0.05)
         await pilot.pause(0.5)  # the charts redraw 150 ms after the rows settle
+
+    assert snap_compare(app_factory(), terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.parametrize("chart", [0, 2])
+def test_pareto_and_memory_charts(snap_compare, app_factory, chart):
+    """Several methods per kind: the Pareto chart of the selected row's kind (front, tie range,
+    labels, round log ticks) and the memory bars."""
+    async def run_before(pilot):
+        await _settled(pilot)
+        app = pilot.app
+        app.open_run(next(r for r in app.query_one(RunsTable).runs if r.suite == "grid-ui"))
+        while app.view_source == "live":
+            await pilot.pause(0.05)
+        app.query_one("#results-table").focus()
+        await pilot.press("down", "down")
+        app.action_show_chart(chart)
+        await pilot.pause(0.5)
 
     assert snap_compare(app_factory(), terminal_size=SIZE, run_before=run_before)
 

@@ -1,15 +1,30 @@
 """Live charts (textual-plotext) of the rows the results table shows.
 
-One chart at a time fills the pane; `c` steps through them. Each chart keeps the data it was
-last given (`.data`), so tests can check what it plots without reading pixels. The selected
-table row is drawn as a large marker.
+One chart at a time fills the pane; `c` steps through them, and the Pareto charts, memory and
+latency-by-batch follow the selected row's task and kind (`k` in the table jumps to the next
+one). What each chart draws comes from `chartdata` (tested without pixels); each chart keeps it
+in `.data`.
+
+Why no plotext legend: plotext's legend builder raises IndexError when a labelled series has no
+point left inside a small canvas (a resize, a redraw at another size), and it repeats colours.
+The legend is a Rich line under the chart instead, in the same colours, and a chart whose build
+fails for any other reason shows a one-line message rather than taking the app down.
 """
 from __future__ import annotations
 
-from textual.widgets import ContentSwitcher
+import math
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ContentSwitcher, Static
 from textual_plotext import PlotextPlot
 
+from .. import chartdata as cd
 from .. import model
+
+DOT, SELECTED = "●", "◆"
+LINE, RANGE = "·", "│"  # cell-aligned: plotext draws braille lines half a row off the markers
 
 
 class Chart(PlotextPlot):
@@ -18,105 +33,212 @@ class Chart(PlotextPlot):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.data: object = None
+        self.legend: Text = Text()
+        self.method_colors: dict[str, tuple[int, int, int]] = {}
+        self._version = 0
+        self._cache: tuple[tuple, Text] | None = None
 
-    def show_rows(self, rows: list[model.Row], selected: model.Row | None) -> None:
+    def show_rows(self, rows: list[model.Row], selected: model.Row | None,
+                  colors: dict[str, tuple[int, int, int]]) -> None:
+        self.method_colors = colors
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
+        plt.theme(self._get_plotext_theme_name(self.app.theme))  # text backgrounds take the canvas colour
+        self.legend = Text()
         self.draw(plt, rows, selected)
+        self._version += 1
         self.refresh()
+
+    def render(self):
+        """Build once per data and size (a tab switch repaints without rebuilding); never raise."""
+        key = (self._version, self.size.width, self.size.height, self.app.theme)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        if self.size.width < 20 or self.size.height < 6:
+            out = Text(f"{self.title}: too small to draw ({self.size.width}×{self.size.height})", style="dim")
+        else:
+            try:
+                out = super().render()
+            except Exception as e:  # a plotting library bug must not close the app
+                out = Text(f"{self.title}: cannot draw at {self.size.width}×{self.size.height} ({type(e).__name__})",
+                           style="dim")
+        self._cache = (key, out)
+        return out
 
     def draw(self, plt, rows: list[model.Row], selected: model.Row | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def key(self, name: str, color: tuple[int, int, int], marker: str = DOT) -> None:
+        self.legend.append(f"{marker} ", style=cd.rgb(color))
+        self.legend.append(f"{name}   ")
+
+
+def axis(plt, which: str, ticks: tuple[list[float], list[str]], lo: float, hi: float, pad: float = 0.0) -> None:
+    """Ticks at the given positions; the axis spans the data (lo..hi) and the ticks, widened by
+    `pad` of the span each side (points at the ends are not drawn on the frame)."""
+    pos, labels = ticks
+    if pos:
+        (plt.xticks if which == "x" else plt.yticks)(pos, labels)
+    (plt.xlim if which == "x" else plt.ylim)(*cd.axis_range(pos, lo, hi, pad))
+
+
+def label(plt, text: str, x: float, y: float, lo: float, hi: float, color, marker: str, bold: bool) -> None:
+    """The marker and its text at (x, y): text to the right, or to the left in the last quarter."""
+    right = hi > lo and (x - lo) / (hi - lo) > 0.75
+    plt.text(f"{text} {marker}" if right else f"{marker} {text}", x, y, color=color,
+             alignment="right" if right else "left", style="bold" if bold else None)
+
 
 class QualityChart(Chart):
-    """Quality against a cost on x, one colour per method, the Pareto front as a line."""
+    """Quality against a cost for one task and kind: points coloured per method and labelled with
+    their budget, the front as a thin line, tied rows with their 95% interval as a range."""
 
-    def __init__(self, x_name: str, x_of, log_x: bool, **kw) -> None:
+    def __init__(self, cost: str, **kw) -> None:
         super().__init__(**kw)
-        self.x_name, self.x_of, self.log_x = x_name, x_of, log_x
-        self.title = f"quality vs {x_name}"
+        self.cost = cost
+        self.title = "quality vs parameters" if cost == "params" else "quality vs latency"
 
     def draw(self, plt, rows, selected) -> None:
-        series, fronts = model.quality_vs(rows, self.x_of)
-        self.data = {"series": series, "fronts": fronts}
-        if not series:
+        view = cd.quality_view(rows, selected, self.cost)
+        self.data = view
+        if view is None or not view.points:
             plt.title(f"{self.title}: no rows with both values yet")
             return
-        if self.log_x:
-            plt.xscale("log")
-        for s in series:
-            plt.scatter(s.x, s.y, label=s.label, marker="dot")
-        for front in fronts:
-            if len(front.x) > 1:
-                plt.plot(front.x, front.y, label=front.label)
-        if selected is not None:
-            x, q = self.x_of(selected), selected.values.get("quality")
-            if x and q is not None:
-                plt.scatter([float(x)], [float(q)], marker="O", color="red", label="selected")
-        plt.xlabel(self.x_name)
-        plt.ylabel("quality")
+        tx = (lambda v: math.log10(v)) if view.log_x else (lambda v: v)
+        plt.title(f"{view.title}; y: {view.y_title}")
+        xs = [tx(p.x) for p in view.points]
+        ys = [p.y for p in view.points] + [p.y + s * p.ci for p in view.ranges() for s in (-1, 1)]
+        xmin, xmax = min(p.x for p in view.points), max(p.x for p in view.points)
+        axis(plt, "x", cd.log_ticks(xmin, xmax) if view.log_x else cd.nice_ticks(xmin, xmax), min(xs), max(xs), 0.04)
+        axis(plt, "y", cd.nice_ticks(min(ys), max(ys), n=4), min(ys), max(ys), 0.05)
+        if len(view.front) > 1:
+            plt.plot([tx(x) for x, _ in view.front], [y for _, y in view.front], marker=LINE, color=cd.FRONT_COLOR)
+        for p in view.ranges():
+            plt.plot([tx(p.x)] * 2, [p.y - p.ci, p.y + p.ci], marker=RANGE, color=self.method_colors.get(p.method))
+        for p in view.points:
+            color = self.method_colors.get(p.method, cd.PALETTE[0])
+            marker = SELECTED if p.selected else DOT
+            plt.scatter([tx(p.x)], [p.y], marker=marker, color=color)
+            label(plt, p.size if len(view.methods) > 1 else p.label, tx(p.x), p.y, min(xs), max(xs), color, marker,
+                  p.selected)
+        plt.xlabel(view.x_title)
+        for m in view.methods:
+            self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
+        if len(view.front) > 1:
+            self.legend.append("── ", style=cd.rgb(cd.FRONT_COLOR))
+            self.legend.append("Pareto front   ")
+        if view.ranges():
+            self.legend.append("│ ", style="bold")
+            self.legend.append("95% interval of tied rows   ")
+        if view.others:
+            self.legend.append(f"[k: next of {len(view.others) + 1} task/kind groups]", style="dim")
 
 
 class MemoryChart(Chart):
-    title = "training-step memory (MiB): parameters / gradients / optimizer / activations"
+    title = "training-step memory"
 
     def draw(self, plt, rows, selected) -> None:
-        labels, parts = model.memory_breakdown(rows)
-        self.data = {"labels": labels, "parts": dict(zip(model.MEMORY_PARTS, parts))}
-        if not labels:
+        view = cd.memory_view(rows, selected)
+        self.data = view
+        if view is None or not view.labels:
             plt.title(f"{self.title}: no memory records yet")
             return
-        plt.stacked_bar(labels, parts, labels=model.MEMORY_PARTS, orientation="horizontal")
+        plt.title(f"{view.task}: training-step memory (MiB) by part")
+        plt.stacked_bar(view.labels, [view.parts[p] for p in cd.MEMORY_PARTS], orientation="horizontal",
+                        color=cd.MEMORY_COLORS, width=0.6)
+        axis(plt, "x", cd.nice_ticks(0.0, max(view.totals) * 1.02), 0.0, max(view.totals))
+        plt.xlabel("MiB (parameters + gradients + optimizer state + activations)")
+        for part, color in zip(cd.MEMORY_PARTS, cd.MEMORY_COLORS):
+            self.key(part, color, "█")
 
 
 class LatencyChart(Chart):
-    title = "inference latency p50 (ms) by batch size"
+    title = "latency by batch size"
 
     def draw(self, plt, rows, selected) -> None:
-        series = model.latency_by_batch(rows)
-        self.data = {"series": series}
-        if not series:
+        view = cd.batch_view(rows, selected)
+        self.data = view
+        if view is None or not view.lines:
             plt.title(f"{self.title}: no latency records yet")
             return
-        plt.xscale("log")
-        sel = model.row_label(selected) if selected is not None else None
-        for s in series:
-            plt.plot(s.x, s.y, label=s.label, marker="hd" if s.label == sel else "dot")
-        plt.xlabel("batch size")
-        plt.ylabel("ms")
+        plt.title(f"{view.task} · {view.kind}: inference latency p50 (ms) by batch size")
+        lo, hi = math.log2(min(view.sizes)), math.log2(max(view.sizes))
+        top = max(v for line in view.lines for v in line.ms)
+        axis(plt, "x", cd.log2_ticks(view.sizes), lo, hi, 0.04)
+        axis(plt, "y", cd.nice_ticks(0.0, top, n=4), 0.0, top, 0.03)
+        for line in view.lines:
+            color = self.method_colors.get(line.method, cd.PALETTE[0])
+            xs = [math.log2(b) for b in line.batch]
+            if len(xs) > 1:
+                plt.plot(xs, line.ms, marker=LINE, color=color)
+            marker = SELECTED if line.selected else DOT
+            plt.scatter(xs, line.ms, marker=marker, color=color)
+            label(plt, line.label, xs[-1], line.ms[-1], lo, hi, color, marker, line.selected)
+        plt.xlabel("batch size (log 2 axis); y: p50 latency in ms")
+        for m in dict.fromkeys(line.method for line in view.lines):
+            self.key(m, self.method_colors.get(m, cd.PALETTE[0]))
 
 
-class ChartPane(ContentSwitcher):
-    """The four charts; each gets every update, only the visible one paints."""
+class ChartPane(Vertical):
+    """The four charts and a legend line; each chart gets every update, only the visible one paints."""
 
     def __init__(self, **kw) -> None:
-        super().__init__(initial="chart-params", **kw)
+        super().__init__(**kw)
         self.rows: list[model.Row] = []
         self.selected: model.Row | None = None
+        self._drawn: tuple | None = None
+        self._legend, self._legend_spans = "", []
 
-    def compose(self):
-        yield QualityChart("parameters", model.params_of, True, id="chart-params")
-        yield QualityChart("latency p50 ms (smallest batch)", model.smallest_batch_latency, False, id="chart-latency")
-        yield MemoryChart(id="chart-memory")
-        yield LatencyChart(id="chart-batch")
+    def compose(self) -> ComposeResult:
+        with ContentSwitcher(initial="chart-params", id="chart-switcher"):
+            yield QualityChart("params", id="chart-params")
+            yield QualityChart("latency", id="chart-latency")
+            yield MemoryChart(id="chart-memory")
+            yield LatencyChart(id="chart-batch")
+        yield Static("", id="chart-legend")
 
     @property
     def charts(self) -> list[Chart]:
         return list(self.query(Chart))
 
-    def show_rows(self, rows: list[model.Row], selected: model.Row | None) -> None:
+    @property
+    def switcher(self) -> ContentSwitcher:
+        return self.query_one(ContentSwitcher)
+
+    @property
+    def current(self) -> Chart:
+        return self.switcher.get_child_by_id(self.switcher.current)
+
+    def show_rows(self, rows: list[model.Row], selected: model.Row | None,
+                  colors: dict[str, tuple[int, int, int]] | None = None) -> None:
+        """Redraw for new rows or another selected row; the same rows again (a keystroke in the
+        filter that matches the same rows) cost nothing."""
+        colors = colors if colors is not None else cd.method_colors(rows)
+        key = (tuple(map(id, rows)), id(selected), tuple(sorted(colors.items())))
+        if key == self._drawn:
+            return
+        self._drawn = key
         self.rows, self.selected = rows, selected
         for chart in self.charts:
-            chart.show_rows(rows, selected)
+            chart.show_rows(rows, selected, colors)
+        self.update_legend()
+
+    def update_legend(self) -> None:
+        """Only when it changed: updating a Static lays the screen out again."""
+        legend = self.current.legend
+        if legend.plain != self._legend or legend.spans != self._legend_spans:
+            self._legend, self._legend_spans = legend.plain, list(legend.spans)
+            self.query_one("#chart-legend", Static).update(legend)
 
     def cycle(self) -> str:
         ids = [c.id for c in self.charts]
-        self.current = ids[(ids.index(self.current) + 1) % len(ids)] if self.current in ids else ids[0]
-        return self.get_child_by_id(self.current).title
+        cur = self.switcher.current
+        self.switcher.current = ids[(ids.index(cur) + 1) % len(ids)] if cur in ids else ids[0]
+        self.update_legend()
+        return self.current.title
 
     def show_chart(self, index: int) -> str:
-        self.current = self.charts[index].id
+        self.switcher.current = self.charts[index].id
+        self.update_legend()
         return self.charts[index].title

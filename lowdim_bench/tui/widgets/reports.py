@@ -1,4 +1,5 @@
-"""The reports browser: runs under the reports folder, newest first; mark two to compare."""
+"""The reports browser: runs under the reports folder (nested ones too, e.g. baseline/), newest
+first; mark two to compare. The app polls the folder and refreshes the list by itself."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -12,8 +13,9 @@ from .. import model
 
 
 class RunsTable(DataTable):
-    BINDINGS = [Binding("space", "mark", "Mark"), Binding("o", "open", "Open"), Binding("d", "compare", "Compare"),
-                Binding("R", "reload", "Reload")]
+    BINDINGS = [Binding("space", "mark", "Mark", show=False), Binding("o", "open", "Open", show=False),
+                Binding("d", "compare", "Compare", show=False), Binding("R", "reload", "Reload", show=False)]
+    # not in the footer (the heading line lists them): a footer that changes with the tab recomposes
 
     class Open(Message):
         def __init__(self, run: model.RunInfo) -> None:
@@ -34,18 +36,23 @@ class RunsTable(DataTable):
         self.marked: list[str] = []  # run ids, oldest mark first (A), at most two
 
     def on_mount(self) -> None:
-        for h in ("", "run id", "suite", "date", "device", "cells", "failed", "status"):
-            self.add_column(h, key=h or "mark")
+        self.add_column("A/B", key="mark", width=3)  # a fixed width: an empty column would hide the marks
+        for h in ("run id", "in", "suite", "date", "device", "cells", "failed", "status"):
+            self.add_column(h, key=h)
 
     def set_runs(self, runs: list[model.RunInfo]) -> None:
+        if [(r.run_id, r.done, r.failed, r.status, r.total) for r in runs] == \
+                [(r.run_id, r.done, r.failed, r.status, r.total) for r in self.runs]:
+            return  # a poll that found nothing new: keep the cursor and scroll as they are
         keep = self.current().run_id if self.current() else None
         self.runs = runs
         self.marked = [m for m in self.marked if any(r.run_id == m for r in runs)]
         self.clear()
         for r in runs:
             status = Text(r.status, style={"finished": "green", "running": "yellow", "cancelled": "red"}.get(r.status, ""))
-            self.add_row(self.mark_of(r), r.run_id, r.suite, r.created, r.device, f"{r.done}/{r.total}",
-                         str(r.failed), status, key=r.run_id)
+            self.add_row(Text(self.mark_of(r), style="bold reverse"), r.run_id, r.where, r.suite, r.created, r.device,
+                         f"{r.done}/{r.total}", Text(str(r.failed), style="red" if r.failed else ""), status,
+                         key=r.run_id)
         if keep:
             idx = next((i for i, r in enumerate(runs) if r.run_id == keep), 0)
             self.move_cursor(row=idx, animate=False)
@@ -65,7 +72,7 @@ class RunsTable(DataTable):
         else:
             self.marked = (self.marked + [run.run_id])[-2:]
         for r in self.runs:
-            self.update_cell(r.run_id, "mark", self.mark_of(r))
+            self.update_cell(r.run_id, "mark", Text(self.mark_of(r), style="bold reverse"))
 
     def action_open(self) -> None:
         if self.current() is not None:
@@ -88,6 +95,6 @@ class RunsTable(DataTable):
 
 class ReportsPane(Vertical):
     def compose(self) -> ComposeResult:
-        yield Static("Runs  [dim]enter/o open · space mark A/B · d compare · e export · R reload[/]", classes="heading",
-                     id="reports-title")
+        yield Static("Runs  [dim]enter/o open · space mark A/B · d compare · e export · R reload "
+                     "(the list refreshes by itself)[/]", classes="heading", id="reports-title")
         yield RunsTable(id="runs")

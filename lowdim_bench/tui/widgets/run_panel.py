@@ -31,18 +31,25 @@ class RunPanel(Vertical):
         self.jobs = 1
         self.failures: list[LogLine] = []
         self.lines: list[str] = []  # plain log text, for tests and the tmux driver
+        self._current = self._status = ""
 
     def compose(self) -> ComposeResult:
         yield Static("idle: pick a suite on the Setup tab and press F5", id="run-state")
         yield ProgressBar(total=1, show_eta=False, id="run-progress")
-        yield Static("", id="run-current")
+        yield Static("", id="run-current", markup=False)
         yield RichLog(id="log", wrap=True, markup=False, max_lines=5000)
 
     def update_state(self, state: RunState) -> None:
+        """Up to ten times a second mid-run: repaint only what changed (an update of a Static
+        lays the screen out again, which a busy 2-core machine feels on every key)."""
         self.state = state
         bar = self.query_one("#run-progress", ProgressBar)
-        bar.update(total=max(state.total, 1), progress=state.done)
-        self.query_one("#run-current", Static).update("\n".join(f"▶ {v}" for v in state.current.values()))
+        if (bar.total, bar.progress) != (max(state.total, 1), state.done):
+            bar.update(total=max(state.total, 1), progress=state.done)
+        current = "\n".join(f"▶ {v}" for v in state.current.values())
+        if current != self._current:
+            self._current = current
+            self.query_one("#run-current", Static).update(current)
         self.refresh_status()
 
     def status_text(self, now: float | None = None) -> str:
@@ -60,7 +67,10 @@ class RunPanel(Vertical):
         return text + (f"  [dim]{s.run_id}[/]" if s.run_id else "")
 
     def refresh_status(self) -> None:
-        self.query_one("#run-state", Static).update(self.status_text())
+        text = self.status_text()
+        if text != self._status:
+            self._status = text
+            self.query_one("#run-state", Static).update(text)
 
     def add_lines(self, lines: list[LogLine]) -> None:
         log = self.query_one("#log", RichLog)

@@ -5,6 +5,11 @@ the Start action refuses to run while one is shown.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
@@ -21,10 +26,12 @@ class SetupPane(Horizontal):
             super().__init__()
             self.suite = suite
 
+
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.catalog: model.Catalog | None = None
         self.errors: dict[str, str] = {}
+        self._estimate_timer: Any = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="suite-col"):
@@ -34,7 +41,7 @@ class SetupPane(Horizontal):
         with Vertical(id="method-col"):
             yield Label("Methods (by kind · plugin)", classes="heading")
             yield SelectionList(id="methods")
-        with VerticalScroll(id="options-col"):
+        with VerticalScroll(id="options-col", can_focus=False):  # its fields take the focus, not it
             yield Label("Tasks", classes="heading")
             yield SelectionList(id="tasks")
             yield Label("Device", classes="heading")
@@ -46,6 +53,7 @@ class SetupPane(Horizontal):
             yield Label("Parallel jobs (CPU)", classes="heading")
             yield Input("1", id="jobs")
             yield Static("", id="validation")
+            yield Static("", id="estimate")
             with Horizontal(id="run-buttons"):
                 yield Button("Start  F5", id="start", variant="success")
                 yield Button("Cancel  F6", id="cancel", variant="error", disabled=True)
@@ -114,8 +122,45 @@ class SetupPane(Horizontal):
             text += f"\n[red]{suite.error}[/]"
         self.query_one("#suite-info", Static).update(text + (f"\n[dim]{note}[/]" if note else ""))
 
+    # ---- cells-and-time estimate --------------------------------------------------------------
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.changed()
+
+    def changed(self) -> None:
+        """Re-estimate 300 ms after the last change (typing a seed list estimates once)."""
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        self._estimate_timer = self.set_timer(0.3, self.start_estimate)
+
+    def start_estimate(self) -> None:
+        app = self.app
+        if app.suite is None or app.registry is None or app.running:
+            return
+        if self.errors:
+            self.show_estimate("")
+            return
+        self.estimate(app.suite, app.registry, app.reports_dir, self.current())
+
+    @work(thread=True, exclusive=True, group="estimate")
+    def estimate(self, suite: Any, registry: Any, reports_dir: Path, sel: model.Selection) -> None:
+        """Cells of the selection (the same planning F5 uses) and their time from past runs."""
+        try:
+            cells, _ = model.plan_cells(suite, registry, sel)
+            jobs = model.parse_jobs(sel.jobs)
+        except Exception as e:  # the selection cannot run: F5 will say why; say it here too
+            text = f"[red]{escape(str(e))}[/]"
+        else:
+            durations, source = model.past_durations(reports_dir, suite.name)
+            text = escape(model.estimate(cells, durations, source, jobs))
+        self.app.call_from_thread(self.show_estimate, text)
+
+    def show_estimate(self, text: str) -> None:
+        if self.is_mounted:
+            self.query_one("#estimate", Static).update(text)
+
     # ---- validation as you type ---------------------------------------------------------------
     def on_input_changed(self, event: Input.Changed) -> None:
+        self.changed()
         parse = {"budgets": model.parse_budgets, "seeds": model.parse_seeds, "jobs": model.parse_jobs}.get(event.input.id)
         if parse is None:
             return

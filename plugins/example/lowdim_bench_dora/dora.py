@@ -13,8 +13,11 @@ Choices (also in docs/plugins.md):
   matrix and PEFT's implementation of nn.Linear (norm over dim 1 of the (d_out, d_in) weight).
 - `detach_norm` (default True): n is treated as a constant in backward, the paper's section
   4.3 memory saving, also PEFT's default; False gives the exact gradient.
-- alpha defaults to 8 (PEFT's default), every nn.Linear is adapted (as the built-in lora), and
-  with `merged_inference` (default False, as lora) for_inference folds W' into a plain Linear.
+- alpha defaults to 8 (PEFT's default), every nn.Linear is adapted unless `target_modules`
+  names some (suffixes of module names, as the built-in lora), and with `merged_inference`
+  (default False, as lora) for_inference folds W' into a plain Linear.
+- Hyper-parameters are typed `params` (lowdim_bench.layers' shared declarations where they fit),
+  so a suite value of the wrong type or range fails before any cell runs, naming it.
 - Randomness comes from a generator seeded with ctx.seed only.
 """
 from __future__ import annotations
@@ -27,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowdim_bench.api import ApplyContext, Knob, Method, PluginError
+from lowdim_bench.api import ApplyContext, Knob, Method, Param, PluginError
+from lowdim_bench.layers import (ALPHA, MERGED_INFERENCE, TARGET_MODULES, as_rank, check_suffixes, find_layers,
+                                 max_rank, replace_module, split_by_suffixes)
 
 
 class DoraLinear(nn.Module):
@@ -76,19 +81,11 @@ class DoraLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, detach_norm={self.detach_norm}"
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    if not name:
-        return new
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-    return model
-
-
 def merge_dora(model: nn.Module) -> int:
     """Replace every DoraLinear in `model` by its merged Linear, in place; returns how many."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, DoraLinear)]
     for name, layer in found:
-        model = _replace(model, name, layer.merged())
+        model = replace_module(model, name, layer.merged())
     return len(found)
 
 
@@ -96,38 +93,42 @@ class DoraMethod(Method):
     name = "dora"
     kind = "adapt"
     knob = Knob("rank", 1, None)
-    defaults = {"alpha": 8.0, "detach_norm": True, "merged_inference": False}
+    params = {
+        "alpha": ALPHA,
+        "detach_norm": Param(True, bool, help="treat the row norm as a constant in backward (the paper's 4.3 memory "
+                             "saving, PEFT's default); false: the exact gradient"),
+        "merged_inference": MERGED_INFERENCE,
+        "target_modules": TARGET_MODULES,
+    }
     targets = ("Linear",)
     identity_at_init = True
     description = "DoRA: W' = m (W0 + s B A) / ||W0 + s B A||_row; magnitude m and LoRA direction trained, W0 frozen."
 
     def __init__(self, **hparams: Any) -> None:
-        super().__init__(**hparams)
-        if not float(self.hparams["alpha"]) > 0:
-            raise PluginError(f"dora: alpha must be > 0, got {self.hparams['alpha']!r}")
-        for key in ("detach_norm", "merged_inference"):
-            if not isinstance(self.hparams[key], bool):
-                raise PluginError(f"dora: {key} must be true or false, got {self.hparams[key]!r}")
+        super().__init__(**hparams)  # typed: alpha > 0, booleans only true/false, ... (see `params`)
+        check_suffixes(self.hparams["target_modules"], "all", method="dora", hparam="target_modules")
 
-    @staticmethod
-    def select(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-        found = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    def select(self, model: nn.Module) -> list[tuple[str, nn.Linear]]:
+        found = [(n, m) for n, m in find_layers(model, (nn.Linear,)) if type(m) is nn.Linear]
         if not found:
             raise PluginError("dora: the model has no nn.Linear to adapt")
-        return found
+        if self.hparams["target_modules"] == "all":
+            return found
+        chosen, _ = split_by_suffixes(found, self.hparams["target_modules"], method="dora", hparam="target_modules",
+                                      what="Linear")
+        return chosen
 
     def knob_range(self, model: nn.Module) -> tuple[float, float]:
-        return 1, max(min(m.in_features, m.out_features) for _, m in self.select(model))
+        return 1, max(max_rank(m) for _, m in self.select(model))
 
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
-        if size is None or int(size) != size or int(size) < 1:
-            raise PluginError(f"dora: rank must be an integer >= 1, got {size!r}")
+        rank = as_rank(size, "dora")
         new = copy.deepcopy(model)
         new.requires_grad_(False)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         h = self.hparams
         for name, linear in self.select(new):
-            new = _replace(new, name, DoraLinear(linear, int(size), float(h["alpha"]), h["detach_norm"], gen))
+            new = replace_module(new, name, DoraLinear(linear, rank, float(h["alpha"]), h["detach_norm"], gen))
         return new
 
     def for_inference(self, model: nn.Module) -> nn.Module:

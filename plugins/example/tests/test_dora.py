@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lowdim_bench.api import ApplyContext
+from lowdim_bench.api import ApplyContext, PluginError
 from lowdim_bench.testing import METHOD_CHECKS
 
 from lowdim_bench_dora import DoraLinear, DoraMethod
@@ -20,3 +20,10 @@ def test_trainable_count_is_the_formula():
     adapted = DoraMethod().apply(model, 3, ctx)
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     assert trainable == 3 * (20 + 30) + 30 + 3 * (30 + 5) + 5
+
+
+def test_typed_settings_refuse_wrong_values():
+    with pytest.raises(PluginError, match="alpha"):
+        DoraMethod(alpha=0.0)
+    with pytest.raises(PluginError, match="merged_inference"):
+        DoraMethod(merged_inference="yes")
