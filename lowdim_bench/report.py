@@ -73,13 +73,17 @@ def _sorted(s: pl.DataFrame) -> pl.DataFrame:
     return s[order]
 
 
+def _cell_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Records of cells: those of a pass over the run that name no cell (a failed interleave
+    group) or of an analysis (its cross-cell values) live in their own files, not in the table."""
+    return df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
+                     & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
+
+
 def summary(df: pl.DataFrame) -> pl.DataFrame:
     """One row per task/kind/method/size: mean over seeds of every metric, quality spread,
     seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
-    # rows of the table are cells: records of a pass over the run that name no cell (a failed
-    # interleave group, an analysis's cross-cell values) live in their own files, not here
-    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
-                   & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
+    df = _cell_rows(df)
     if df.is_empty():
         return pl.DataFrame()
     df = _with_size(before_rows(df))
@@ -135,8 +139,7 @@ def _per_seed(ok: pl.DataFrame) -> pl.DataFrame:
 def per_seed(df: pl.DataFrame) -> pl.DataFrame:
     """Every summary figure per seed (long: task, kind, method, size, seed, column, value): what
     the summary averages, for paired comparisons over the seeds two rows share (claims)."""
-    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
-                   & (pl.col("status") == "ok"))
+    df = _cell_rows(df).filter(pl.col("status") == "ok")
     if df.is_empty():
         return pl.DataFrame(schema={**{g: pl.Utf8 for g in GROUP}, "seed": pl.Int64, "column": pl.Utf8,
                                     "value": pl.Float64})
