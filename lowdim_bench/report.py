@@ -17,6 +17,9 @@ from .core.store import RunStore, write_atomic
 from .stats import t_quantile
 
 GROUP = ["task", "kind", "method", "size"]
+BEFORE = "(before adaptation)"  # the row of the base's own target score (adapt cells' `quality_before`)
+INTERLEAVED = "inference_interleaved"  # lowdim_bench.run.interleave.PHASE (the gate pins the same name)
+NOISY_SPREAD = 1.5  # p90 / p50 above this: the latency varied too much between calls to trust its median
 
 
 def load(run_dir: str | Path) -> pl.DataFrame:
@@ -70,20 +73,22 @@ def _sorted(s: pl.DataFrame) -> pl.DataFrame:
     return s[order]
 
 
+def _cell_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Records of cells: those of a pass over the run that name no cell (a failed interleave
+    group) or of an analysis (its cross-cell values) live in their own files, not in the table;
+    series (a solver's error per round, `step` set) are curves, not figures."""
+    return df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
+                     & pl.col("step").is_null() & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
+
+
 def summary(df: pl.DataFrame) -> pl.DataFrame:
     """One row per task/kind/method/size: mean over seeds of every metric, quality spread,
     seed counts, failures, and whether the row is on the quality-vs-parameters Pareto front."""
-    # rows of the table are cells: records of a pass over the run that name no cell (a failed
-    # interleave group, an analysis's cross-cell values) live in their own files, not here
-    df = df.filter(pl.col("task").is_not_null() & pl.col("kind").is_not_null() & pl.col("method").is_not_null()
-                   & pl.col("step").is_null()  # series (a solver's error per round) are curves, not figures
-                   & ~pl.col("cell_key").fill_null("").str.starts_with("analysis:"))
+    df = _cell_rows(df)
     if df.is_empty():
         return pl.DataFrame()
-    df = _with_size(df)
-    ok = df.filter(pl.col("status") == "ok").with_columns(
-        pl.struct(["metric", "phase", "batch_size"]).map_elements(
-            lambda s: column_name(s["metric"], s["phase"], s["batch_size"]), return_dtype=pl.Utf8).alias("column"))
+    df = _with_size(before_rows(df))
+    ok = _with_column(df.filter(pl.col("status") == "ok"))
     counts = df.group_by(GROUP).agg(
         pl.col("seed").filter(pl.col("status") == "ok").n_unique().alias("n_seeds"),
         pl.col("cell_key").filter(pl.col("status") == "failed").n_unique().alias("n_failed"),
@@ -92,7 +97,7 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
     )
     if ok.is_empty():
         return _sorted(counts)
-    per_seed = ok.group_by(GROUP + ["seed", "column"]).agg(pl.col("value").mean())
+    per_seed = _per_seed(ok)
     wide = per_seed.group_by(GROUP + ["column"]).agg(pl.col("value").mean().alias("mean")).pivot(
         on="column", index=GROUP, values="mean")
     spread = per_seed.filter((pl.col("column") == "quality") & pl.col("value").is_not_nan()).group_by(GROUP).agg(
@@ -105,6 +110,41 @@ def summary(df: pl.DataFrame) -> pl.DataFrame:
     out = _sorted(out.join(dirs, on="task", how="left"))
     out = mark_pareto(out)
     return out.with_columns(pl.lit(json.dumps(dict(units.iter_rows()))).alias("units"))
+
+
+def before_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Adapt cells' `quality_before` (the base scored on the target before adapting) as one row
+    per task, BEFORE, with its own seeds, so the table says what adapting started from."""
+    sel = (pl.col("metric") == "quality_before") & (pl.col("status") == "ok")
+    before = df.filter(sel)
+    if before.is_empty():
+        return df
+    first = before.group_by(["task", "kind", "seed"], maintain_order=True).agg(pl.all().first())
+    first = first.select(df.columns).with_columns(
+        pl.lit(BEFORE).alias("method"), pl.lit("quality").alias("metric"),
+        (pl.lit("before:") + pl.col("task") + pl.lit(":") + pl.col("seed").cast(pl.Utf8)).alias("cell_key"),
+        *(pl.lit(None, dtype=df.schema[c]).alias(c) for c in ("budget", "knob", "budget_reached", "over_budget")
+          if c in df.columns))
+    return pl.concat([df.filter(~sel), first], how="vertical_relaxed")
+
+
+def _with_column(ok: pl.DataFrame) -> pl.DataFrame:
+    return ok.with_columns(pl.struct(["metric", "phase", "batch_size"]).map_elements(
+        lambda s: column_name(s["metric"], s["phase"], s["batch_size"]), return_dtype=pl.Utf8).alias("column"))
+
+
+def _per_seed(ok: pl.DataFrame) -> pl.DataFrame:
+    return ok.group_by(GROUP + ["seed", "column"]).agg(pl.col("value").mean())
+
+
+def per_seed(df: pl.DataFrame) -> pl.DataFrame:
+    """Every summary figure per seed (long: task, kind, method, size, seed, column, value): what
+    the summary averages, for paired comparisons over the seeds two rows share (claims)."""
+    df = _cell_rows(df).filter(pl.col("status") == "ok")
+    if df.is_empty():
+        return pl.DataFrame(schema={**{g: pl.Utf8 for g in GROUP}, "seed": pl.Int64, "column": pl.Utf8,
+                                    "value": pl.Float64})
+    return _per_seed(_with_column(_with_size(df)))
 
 
 def _ci95(n: int | None, std: float | None) -> float | None:
@@ -178,13 +218,39 @@ def display_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
             ("budget_reached", "reached"), ("quality", "quality"), ("quality_std", "±"),
             ("quality_ci95", "±95%"), ("n_seeds", "seeds"), ("params_trainable", "trainable"), ("params_stored", "stored"),
             ("stored_bytes", "bytes"), ("flops_forward", "FLOPs/sample")]
-    latency = [c for c in s.columns if c.startswith("latency_p50[inference]@bs")]
-    latency.sort(key=lambda c: int(c.rsplit("@bs", 1)[1]))
-    cols += [(c, c.replace("latency_p50[inference]", "p50 ms")) for c in latency]
+    cols += latency_columns(s)
     cols += [(c, "train peak MiB") for c in s.columns if c.startswith("memory_peak[train_step]")]
     cols += [("wall_seconds", "solve s"), ("seconds_per_round", "s/round"), ("memory_peak[solve]", "solve peak MiB")]
     cols += [("pareto", "pareto"), ("pareto_tie", "tie"), ("n_failed", "failed")]
     return [(c, h) for c, h in cols if c in s.columns]
+
+
+def latency_columns(s: pl.DataFrame) -> list[tuple[str, str]]:
+    """The interleaved inference p50 per batch size (shown with its ratio to the reference), or,
+    in a run without an interleaved pass, the per-cell p50 (header says so: not comparable
+    across rows on a loaded machine, where one cell's figure was 89x another's)."""
+    for phase, header in ((INTERLEAVED, "ms (x ref)"), ("inference", "ms/cell")):
+        cols = [c for c in s.columns if c.startswith(f"latency_p50[{phase}]@bs")]
+        if cols:
+            cols.sort(key=lambda c: int(c.rsplit("@bs", 1)[1]))
+            return [(c, f"bs{c.rsplit('@bs', 1)[1]} {header}") for c in cols]
+    return []
+
+
+def latency_text(r: dict[str, Any], col: str) -> str:
+    """`1.23 (0.52x)?`: p50 in ms, its ratio to the reference where the interleaved pass has one,
+    `?` when the spread (p90/p50) over the timed calls exceeds NOISY_SPREAD."""
+    v = r.get(col)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    text = _fmt(v * 1e3)
+    ratio = r.get(col.replace("latency_p50[", "latency_ratio["))
+    if ratio is not None and not (isinstance(ratio, float) and math.isnan(ratio)):
+        text += f" ({ratio:.2f}x)"
+    spread = r.get(col.replace("latency_p50[", "latency_spread["))
+    if spread is not None and not math.isnan(spread) and spread > NOISY_SPREAD:
+        text += "?"
+    return text
 
 
 def _display_value(col: str, v: Any) -> Any:
@@ -202,7 +268,8 @@ OVER = " over"  # after `reached`: even the smallest knob exceeds the budget (sh
 
 def table_rows(s: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     cols = display_columns(s)
-    rows = [[_fmt(_display_value(c, r.get(c))) + (OVER if c == "budget_reached" and r.get("over_budget") else "")
+    rows = [[latency_text(r, c) if c.startswith("latency_p50[") else
+             _fmt(_display_value(c, r.get(c))) + (OVER if c == "budget_reached" and r.get("over_budget") else "")
              for c, _ in cols] for r in s.to_dicts()]
     return [h for _, h in cols], rows
 
@@ -253,7 +320,11 @@ def write(run_dir: str | Path, records: list[dict[str, Any]], header: str = "", 
              "stored otherwise, counted over the task's budget scope); `over` marks a cell whose smallest knob is "
              "already over its budget. Quality is the task's metric on its test split (mean over seeds, ± = std, ±95% = half-width of "
              "the 95% t interval, `-` with one seed; `seeds` = how many seeds stand behind each row). Latency in ms "
-             "(median), memory in MiB (peak of one training step), FLOPs per sample. "
+             "(median): `bsN ms (x ref)` is the interleaved pass (every cell of a task timed A B A B in one process, at "
+             "the recorded thread count) with the ratio to the reference entry's median, `bsN ms/cell` a per-cell "
+             "figure (no interleaved pass: not comparable across rows under load); `?` marks a latency whose spread "
+             f"(p90/p50) exceeds {NOISY_SPREAD:g}, i.e. noise. Memory in MiB (peak of one training step), FLOPs per sample. "
+             f"`{BEFORE}` is the base model scored on the target before adapting. "
              "`pareto` marks rows on the quality-vs-parameters front of their task and kind; `tie` marks rows "
              "off it only by quality differences inside the 95% intervals.\n")
     if not s.is_empty() and "solve" in s["kind"].to_list():

@@ -176,6 +176,71 @@ def _finite(v: float | None) -> bool:
     return v is not None and not math.isnan(float(v))
 
 
+# ---- verdicts -------------------------------------------------------------------------------------
+MIN_SEEDS = 3  # fewer shared seeds than this and a verdict is "inconclusive", whatever the interval says
+HELD, NOT_HELD, INCONCLUSIVE, NOT_MEASURED = "held", "did not hold", "inconclusive", "not measured"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's check over seeds: `margin` is, per shared seed, how far the claim is met
+    (positive: met; e.g. a's accuracy minus b's); its mean, 95% interval and two-sided p-value
+    (paired t test of margin = 0), and the verdict they support."""
+
+    verdict: str
+    n: int
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    reason: str = ""
+
+
+def verdict(margins: Mapping[int, float] | Sequence[float], strict: bool = True, min_seeds: int = MIN_SEEDS,
+            level: float = LEVEL) -> Verdict:
+    """held / did not hold / inconclusive from the interval of the per-seed margins.
+
+    Why an interval and not the sign of a mean: with 3 seeds a mean difference of half a point
+    is routinely noise (paired p 0.2-0.3 on our first paper checks). held: the whole interval is
+    above 0 (`strict`: a claim "a better than b") or at or above it (not strict: "no worse",
+    "fewer", which an exact tie meets); did not hold: the whole interval is on the other side;
+    inconclusive: the interval straddles the line, or fewer than `min_seeds` seeds. Margins
+    that do not vary over seeds (parameter counts) give a zero-width interval: decided by sign.
+    """
+    values = list(margins.values()) if isinstance(margins, Mapping) else list(margins)
+    values = [float(v) for v in values if _finite(v)]
+    ci = mean_ci(values, level)
+    n = ci.n
+    if n == 0:
+        return Verdict(NOT_MEASURED, 0, math.nan, math.nan, math.nan, math.nan, "no shared seed")
+    if n < 2:
+        low = high = p = math.nan
+    elif ci.std == 0.0:
+        low = high = ci.mean
+        p = 1.0 if ci.mean == 0.0 else 0.0
+    else:
+        low, high = ci.low, ci.high
+        t = ci.mean / (ci.std / math.sqrt(n))
+        p = min(1.0, 2.0 * t_sf(abs(t), n - 1))
+    if n < min_seeds:
+        return Verdict(INCONCLUSIVE, n, ci.mean, low, high, p, f"{n} shared seed{'s' if n != 1 else ''}, "
+                       f"need {min_seeds}")
+    if (low > 0) if strict else (low >= 0):
+        return Verdict(HELD, n, ci.mean, low, high, p)
+    if (high <= 0) if strict else (high < 0):
+        return Verdict(NOT_HELD, n, ci.mean, low, high, p)
+    return Verdict(INCONCLUSIVE, n, ci.mean, low, high, p, f"the {level:.0%} interval contains 0")
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """A claim's verdict from its checks': any "did not hold" decides it; then a check not
+    measured, then an inconclusive one, leave it open; every check held: held."""
+    for v in (NOT_HELD, NOT_MEASURED, INCONCLUSIVE):
+        if v in verdicts:
+            return v
+    return HELD if verdicts else NOT_MEASURED
+
+
 # ---- records ------------------------------------------------------------------------------------
 def per_seed(df: pl.DataFrame, task: str, kind: str, method: str, metric: str = "quality",
              budget: float | None = None, knob: float | None = None) -> dict[int, float]:

@@ -9,45 +9,88 @@ from lowdim_bench.registry import Registry
 from lowdim_bench.suite import SuiteError, load_suite
 
 
-def summary():
+def records(noise=(0.0, 0.0, 0.0)):
+    """Three seeds: b@0.1 beats a@0.1 by 0.02 (+ per-seed noise on a), b@0.5 beats both."""
     rows = []
-    for method, budget, q, p in (("a", 0.1, 0.90, 10), ("b", 0.1, 0.92, 160), ("b", 0.5, 0.95, 800)):
-        rows += [{"task": "t", "kind": "adapt", "method": method, "budget": budget, "seed": 0, "metric": m,
-                  "value": v, "unit": "u", "status": "ok", "cell_key": f"{method}{budget}",
-                  "higher_is_better": True if m == "quality" else False}
-                 for m, v in (("quality", q), ("params_trainable", p))]
-    return report.summary(report.to_frame(rows))
+    for seed, eps in zip((0, 1, 2), noise):
+        for method, budget, q, p in (("a", 0.1, 0.90 + eps + 0.001 * seed, 10), ("b", 0.1, 0.92 + 0.001 * seed, 160),
+                                     ("b", 0.5, 0.95, 800)):
+            rows += [{"task": "t", "kind": "adapt", "method": method, "budget": budget, "seed": seed, "metric": m,
+                      "value": v, "unit": "u", "status": "ok", "cell_key": f"{method}{budget}{seed}",
+                      "higher_is_better": True if m == "quality" else False}
+                     for m, v in (("quality", q), ("params_trainable", p))]
+    return report.to_frame(rows)
 
 
-@pytest.mark.parametrize("check, held", [
-    (claims.Check("a@0.1", "b@0.1", "quality", "better"), False),
-    (claims.Check("b@0.5", "a@0.1", "quality", "better"), True),
-    (claims.Check("a@0.1", "b@0.1", "quality", "not_worse", tolerance=0.03), True),
-    (claims.Check("a@0.1", "b@0.1", "quality", "not_worse", tolerance=0.01), False),
-    (claims.Check("a@0.1", "b@0.1", "params_trainable", "fewer", factor=16), True),
-    (claims.Check("a@0.1", "b@0.1", "params_trainable", "fewer", factor=17), False),
-    (claims.Check("a@0.1", "b@0.1", "params_trainable", "better"), True),  # lower is better
-    (claims.Check("a@0.3", "b@0.1", "quality", "better"), None),  # no such row
+def evaluate(claim, recs=None):
+    recs = records() if recs is None else recs
+    return claims.evaluate(report.summary(recs), [claim], recs)
+
+
+@pytest.mark.parametrize("check, verdict", [
+    (claims.Check("a@0.1", "b@0.1", "quality", "better"), "did not hold"),
+    (claims.Check("b@0.5", "a@0.1", "quality", "better"), "held"),
+    (claims.Check("a@0.1", "b@0.1", "quality", "not_worse", tolerance=0.03), "held"),
+    (claims.Check("a@0.1", "b@0.1", "quality", "not_worse", tolerance=0.01), "did not hold"),
+    (claims.Check("a@0.1", "b@0.1", "params_trainable", "fewer", factor=16), "held"),
+    (claims.Check("a@0.1", "b@0.1", "params_trainable", "fewer", factor=17), "did not hold"),
+    (claims.Check("a@0.1", "b@0.1", "params_trainable", "better"), "held"),  # lower is better
+    (claims.Check("a@0.3", "b@0.1", "quality", "better"), "not measured"),  # no such row
 ])
-def test_checks(check, held):
+def test_checks(check, verdict):
     claim = claims.Claim("c", "text", "t", "adapt", [check])
-    assert claims.evaluate(summary(), [claim])[0].held is held
+    assert evaluate(claim)[0].verdict == verdict
+
+
+def test_noise_the_size_of_the_difference_is_inconclusive():
+    """a's per-seed noise straddles b: the paired interval contains 0, so neither verdict."""
+    claim = claims.Claim("c", "text", "t", "adapt", [claims.Check("a@0.1", "b@0.1")])
+    (result,) = evaluate(claim, records(noise=(0.05, -0.04, 0.01)))
+    check = result.checks[0]
+    assert result.verdict == "inconclusive" and check.verdict.low < 0 < check.verdict.high
+    assert 0.05 < check.verdict.p_value < 1 and check.verdict.n == 3
+
+
+def test_two_seeds_are_inconclusive_even_when_the_gap_is_clear():
+    recs = records().filter(pl.col("seed") < 2)
+    (result,) = evaluate(claims.Claim("c", "text", "t", "adapt", [claims.Check("b@0.5", "a@0.1")]), recs)
+    assert result.verdict == "inconclusive" and "2 shared seeds" in result.checks[0].verdict.reason
 
 
 def test_lower_is_better_quality_direction():
-    s = summary().with_columns(pl.lit(False).alias("higher_is_better"))
+    recs = records().with_columns(pl.lit(False).alias("higher_is_better"))
     claim = claims.Claim("c", "text", "t", None, [claims.Check("a@0.1", "b@0.1")])
-    assert claims.evaluate(s, [claim])[0].held is True  # 0.90 bits/byte beats 0.92
+    assert evaluate(claim, recs)[0].verdict == "held"  # 0.90 bits/byte beats 0.92
+
+
+def test_the_parameter_mismatch_is_said_and_can_make_a_check_inconclusive():
+    check = claims.Check("b@0.5", "a@0.1")
+    (result,) = evaluate(claims.Claim("c", "text", "t", "adapt", [check]))
+    assert result.checks[0].mismatch == pytest.approx(800 / 10 - 1)
+    assert "params 800 vs 10 (+7900.0%)" in result.measured and result.verdict == "held"
+    check.max_mismatch = 0.1
+    (result,) = evaluate(claims.Claim("c", "text", "t", "adapt", [check]))
+    assert result.verdict == "inconclusive" and "parameters differ" in result.checks[0].verdict.reason
+
+
+def test_a_check_can_compare_rows_of_two_tasks():
+    other = records().with_columns(pl.lit("u").alias("task"), pl.col("value") + 0.1)
+    recs = pl.concat([records(), other])
+    claim = claims.Claim("c", "text", "t", "adapt", [claims.Check("u/a@0.1", "a@0.1")])
+    assert evaluate(claim, recs)[0].verdict == "held"
 
 
 def test_claim_needs_every_check_and_renders():
     claim = claims.Claim("svfit", "beats lora with 16x fewer", "t", "adapt", [
         claims.Check("a@0.1", "b@0.1", "params_trainable", "fewer", factor=16),
         claims.Check("a@0.1", "b@0.1", "quality", "better")])
-    (result,) = claims.evaluate(summary(), [claim])
-    assert result.held is False and "0.9 vs b@0.1 0.92" in result.measured
-    assert "| svfit | beats lora with 16x fewer |" in claims.render_markdown([result])
-    assert "did not hold" in claims.render_markdown([result])
+    (result,) = evaluate(claim)
+    assert result.verdict == "did not hold" and "0.901 vs b@0.1 0.921" in result.measured
+    md = claims.render_markdown([result])
+    assert "| svfit | beats lora with 16x fewer |" in md and "did not hold" in md
+    table = claims.to_frame([result])
+    assert table["check_verdict"].to_list() == ["held", "did not hold"]
+    assert table["p"][1] == 0.0 and table["n_seeds"].to_list() == [3, 3]  # a constant gap: p 0
 
 
 SUITE = """
@@ -105,6 +148,7 @@ def test_run_writes_claims(tmp_path, fake_plugins, capsys):
     assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 0
     run_dir = next((tmp_path / "r").iterdir())
     table = pl.read_csv(run_dir / "claims.csv")
-    assert table["claim"].to_list() == ["head-vs-dense"] and table["verdict"][0] in ("held", "did not hold")
+    assert table["claim"].to_list() == ["head-vs-dense"]
+    assert table["verdict"][0] == "inconclusive" and table["n_seeds"][0] == 1  # one seed decides nothing
     assert "## Claims" in (run_dir / "summary.md").read_text()
     assert "head-vs-dense" in capsys.readouterr().out

@@ -121,7 +121,7 @@ def test_a_run_started_from_the_app_writes_claims(tmp_path, core_plugins):
                                                                        device="cpu"))
     res = RunSession(cells, meta, core_plugins, tmp_path / "r", "cpu", 2, post=lambda update: None).run()
     table = pl.read_csv(res.run_dir / "claims.csv")
-    assert table["claim"].to_list() == ["head"] and table["verdict"][0] in ("held", "did not hold")
+    assert table["claim"].to_list() == ["head"] and table["verdict"][0] == "inconclusive"  # one seed decides nothing
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def test_low_rank_representation_is_the_best_rank_d_fit() -> None:
 
 def test_one_centre_per_subvector_leaves_only_the_low_rank_error() -> None:
     base, m, d = mlp(), 4, 2
-    new = Lr2vqMethod(m=m, d_tilde=d, skip_above_break_even=False).apply(base, 10_000, ctx())
+    new = Lr2vqMethod(lowrank_steps=0, m=m, d_tilde=d, skip_above_break_even=False).apply(base, 10_000, ctx())
     for i in (0, 2, 4):
         sub = to_subvectors(base[i].weight.detach().double(), m)
         tail = torch.linalg.svdvals(sub)[d:].pow(2).sum()
@@ -58,7 +58,7 @@ def test_one_centre_per_subvector_leaves_only_the_low_rank_error() -> None:
 def test_equals_pq_when_d_tilde_is_m() -> None:
     base = mlp()
     for k in (4, 16):
-        lr = Lr2vqMethod(m=4, d_tilde=4, skip_above_break_even=False).apply(base, k, ctx())
+        lr = Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=4, skip_above_break_even=False).apply(base, k, ctx())
         pq = PqMethod(m=4, skip_above_break_even=False).apply(base, k, ctx())
         for i in (0, 2, 4):
             assert torch.equal(lr[i].codes, pq[i].codes)
@@ -68,7 +68,7 @@ def test_equals_pq_when_d_tilde_is_m() -> None:
 
 def test_counts_bytes_and_bits_match_the_formula() -> None:
     m, d, k = 4, 2, 8
-    new = Lr2vqMethod(m=m, d_tilde=d, skip_above_break_even=False).apply(mlp(), k, ctx())
+    new = Lr2vqMethod(lowrank_steps=0, m=m, d_tilde=d, skip_above_break_even=False).apply(mlp(), k, ctx())
     n = [d_in * d_out // m for d_in, d_out, _ in SIZES]
     floats = sum(k * d + m * d + (d_out if bias else 0) for _, d_out, bias in SIZES)
     c = count_params(new)
@@ -86,7 +86,7 @@ def test_error_decreases_with_k() -> None:
 
     @torch.no_grad()
     def err(k: int) -> float:
-        new = Lr2vqMethod(m=4, d_tilde=2, skip_above_break_even=False).apply(base, k, ctx())
+        new = Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2, skip_above_break_even=False).apply(base, k, ctx())
         return float(sum((new[i].weight - base[i].weight).pow(2).sum() for i in (0, 2, 4)))
 
     errs = [err(k) for k in (2, 8, 32, 192)]
@@ -95,7 +95,7 @@ def test_error_decreases_with_k() -> None:
 
 def test_forward_flops_add_the_codebook_decode() -> None:
     batch, m, d, k = 5, 4, 2, 8
-    new = Lr2vqMethod(m=m, d_tilde=d, skip_above_break_even=False).apply(mlp(), k, ctx())
+    new = Lr2vqMethod(lowrank_steps=0, m=m, d_tilde=d, skip_above_break_even=False).apply(mlp(), k, ctx())
     with FlopCounterMode(display=False) as fc:
         new(torch.randn(batch, 16))
     dense = 2 * batch * sum(d_in * d_out for d_in, d_out, _ in SIZES)
@@ -103,7 +103,7 @@ def test_forward_flops_add_the_codebook_decode() -> None:
 
 
 def test_gradients_reach_codebook_and_projection_with_codes_fixed() -> None:
-    new = Lr2vqMethod(m=4, d_tilde=2).apply(mlp(), 8, ctx()).train()
+    new = Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2).apply(mlp(), 8, ctx()).train()
     layer = new[2]
     codes = layer.codes.clone()
     new(torch.randn(8, 16)).pow(2).sum().backward()
@@ -116,14 +116,14 @@ def test_gradients_reach_codebook_and_projection_with_codes_fixed() -> None:
 
 def test_deterministic_per_seed() -> None:
     base = mlp()
-    a, b = (Lr2vqMethod(m=4, d_tilde=2).apply(base, 8, ctx(0)) for _ in range(2))
+    a, b = (Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2).apply(base, 8, ctx(0)) for _ in range(2))
     assert torch.equal(a[2].codes, b[2].codes) and torch.equal(a[2].codebook, b[2].codebook)
     assert torch.equal(a[2].projection, b[2].projection)
-    assert not torch.equal(a[2].codebook, Lr2vqMethod(m=4, d_tilde=2).apply(base, 8, ctx(1))[2].codebook)
+    assert not torch.equal(a[2].codebook, Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2).apply(base, 8, ctx(1))[2].codebook)
 
 
 def test_counts_monotone_and_budget_search_within_one_step() -> None:
-    base, method = mlp(), Lr2vqMethod(m=4, d_tilde=2)
+    base, method = mlp(), Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2)
     assert method.knob_range(base) == (1, 192)
     ks = [1, 3, 10, 40, 100, 191, 192]
     stored = [count_params(method.apply(base, k, ctx())).stored for k in ks]
@@ -138,7 +138,7 @@ def test_counts_monotone_and_budget_search_within_one_step() -> None:
 def test_apply_leaves_the_model_untouched() -> None:
     base = mlp()
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    new = Lr2vqMethod(m=4, d_tilde=2).apply(base, 8, ctx())
+    new = Lr2vqMethod(lowrank_steps=0, m=4, d_tilde=2).apply(base, 8, ctx())
     assert isinstance(new[0], VQLinear)
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
     assert all(isinstance(base[i], nn.Linear) for i in (0, 2, 4))
@@ -153,3 +153,39 @@ def test_bad_hparams_are_errors() -> None:
         Lr2vqMethod(kmeans_iters=-1)
     with pytest.raises(PluginError, match="unknown"):
         Lr2vqMethod(rank=3)
+
+
+# ---- the low-rank training stage ----------------------------------------------------------------
+def digits_setup():
+    from lowdim_bench.api import ApplyContext
+    from lowdim_bench_builtin.tasks.digits_mlp import DigitsTask
+
+    task = DigitsTask(hidden=16, depth=1, shift="none")
+    torch.manual_seed(0)
+    return task, task.make_model(0), ApplyContext(seed=0, device=torch.device("cpu"), task=task)
+
+
+def test_the_low_rank_stage_trains_w_equals_p_z_on_the_task_loss(monkeypatch) -> None:
+    task, base, c = digits_setup()
+    calls = []
+    real = lr2vq_module.train_stage
+    monkeypatch.setattr(lr2vq_module, "train_stage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    method = Lr2vqMethod(m=8, d_tilde=2, lowrank_steps=30, lowrank_lr=1e-2, skip_above_break_even=False)
+    staged, reps = method._stage(base, c)
+    assert set(reps) == {"body.0", "head"} and reps["body.0"][0].shape == (16 * 64 // 8, 2)
+    closed = Lr2vqMethod(m=8, d_tilde=2, lowrank_steps=0, skip_above_break_even=False)
+    pca = closed.apply(base, 10_000, c)  # one centre per subvector: exactly the PCA fit
+    batch = next(task.batches(task.splits("target", 0)["train"], 512, torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert task.loss(staged, batch) < task.loss(pca, batch)  # trained on the loss, not on ||W - W_r||
+        z, p = reps["body.0"]
+        torch.testing.assert_close(staged.body[0].weight.double(), (z @ p.t()).reshape(16, 64), rtol=1e-5, atol=1e-6)
+    a, b = method.apply(base, 8, c), method.apply(base, 16, c)  # the stage does not depend on k: run once
+    assert calls == [1] and a.body[0].k == 8 and b.body[0].k == 16
+    torch.testing.assert_close(a.body[0].projection.double(), reps["body.0"][1].to(a.body[0].projection.dtype).double())
+    assert all(torch.equal(x, y) for x, y in zip(base.state_dict().values(), digits_setup()[1].state_dict().values()))
+
+
+def test_the_stage_needs_a_task() -> None:
+    with pytest.raises(PluginError, match="lowrank_steps = 0"):
+        Lr2vqMethod(m=4, d_tilde=2).apply(mlp(), 8, ctx())

@@ -62,7 +62,7 @@ def test_render_table_units():
     rows.append(rec("a", 0, "quality", 0.5))
     text = report.render_table(report.summary(report.to_frame(rows)))
     header, _, row = text.splitlines()
-    assert header.index("p50 ms@bs1 ") < header.index("p50 ms@bs2") < header.index("p50 ms@bs16")
+    assert header.index("bs1 ms/cell") < header.index("bs2 ms/cell") < header.index("bs16 ms/cell")
     assert row.split()[-4:-1] == ["2", "4", "32"]  # milliseconds, in batch-size order
 
 

@@ -156,3 +156,36 @@ def test_pareto_tie_where_intervals_overlap():
     s = report.summary(frame)
     flags = {r["method"]: (r["pareto"], r["pareto_tie"]) for r in s.to_dicts()}
     assert flags == {"small": (True, False), "close": (False, True), "far": (False, False)}
+
+
+# ---- verdicts -----------------------------------------------------------------------------------
+def test_verdict_needs_the_interval_on_one_side():
+    assert stats.verdict([0.03, 0.02, 0.025]).verdict == "held"
+    assert stats.verdict([-0.03, -0.02, -0.025]).verdict == "did not hold"
+    v = stats.verdict({0: 0.02, 1: -0.01, 2: 0.015})  # overlapping: the interval straddles 0
+    assert v.verdict == "inconclusive" and v.low < 0 < v.high and "contains 0" in v.reason
+    assert v.n == 3 and 0.05 < v.p_value < 1
+
+
+def test_verdict_with_two_seeds_is_inconclusive_whatever_the_gap():
+    v = stats.verdict({0: 0.5, 1: 0.6})
+    assert v.verdict == "inconclusive" and v.n == 2 and "need 3" in v.reason
+    assert stats.verdict([1.0]).verdict == "inconclusive"
+    assert stats.verdict([]).verdict == "not measured"
+
+
+def test_verdict_matches_the_paired_test_and_handles_constant_margins():
+    a, b = {0: 0.90, 1: 0.92, 2: 0.91, 3: 0.93}, {0: 0.88, 1: 0.915, 2: 0.90, 3: 0.925}
+    pair = stats.paired(b, a)
+    v = stats.verdict({s: a[s] - b[s] for s in a})
+    assert v.p_value == pytest.approx(pair.p_value) and v.low == pytest.approx(pair.diff.low)
+    # a margin that does not vary over seeds (parameter counts): decided by its sign
+    assert stats.verdict([0.0, 0.0, 0.0], strict=False).verdict == "held"  # "fewer" met with equality
+    assert stats.verdict([0.0, 0.0, 0.0], strict=True).verdict == "did not hold"  # a tie is not "better"
+
+
+def test_combine_checks_into_a_claim():
+    assert stats.combine(["held", "held"]) == "held"
+    assert stats.combine(["held", "inconclusive"]) == "inconclusive"
+    assert stats.combine(["inconclusive", "did not hold"]) == "did not hold"
+    assert stats.combine(["held", "not measured"]) == "not measured"

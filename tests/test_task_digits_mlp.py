@@ -169,3 +169,18 @@ def test_source_base_is_poor_on_target_until_fine_tuned(task: DigitsTask, source
     assert task.evaluate(source_base, tgt["test"]) < 0.3
     tuned = fit(task, copy.deepcopy(source_base), tgt["train"], task.recipe("finetune"))
     assert task.evaluate(tuned, tgt["test"]) > 0.9
+
+
+def test_mild_shifts_do_what_they_say() -> None:
+    """translate / blur / dim: the targets where the base keeps a sensible score (paper-checks)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((3, 64), dtype=np.float32), np.arange(3)
+    moved, _ = digits_mlp.apply_shift(x, y, "translate")
+    im, out = x.reshape(-1, 8, 8), moved.reshape(-1, 8, 8)
+    assert np.array_equal(out[:, :, 1:], im[:, :, :-1]) and not out[:, :, 0].any()
+    blurred, _ = digits_mlp.apply_shift(x, y, "blur")
+    assert blurred.dtype == np.float32
+    assert np.isclose(blurred.reshape(-1, 8, 8)[0, 3, 3], im[0, 2:5, 2:5].mean())
+    dimmed, same = digits_mlp.apply_shift(x, y, "dim")
+    assert np.array_equal(same, y) and np.array_equal(dimmed.reshape(-1, 8, 8)[:, :4], im[:, :4])
+    np.testing.assert_allclose(dimmed.reshape(-1, 8, 8)[:, 4:], 0.3 * im[:, 4:], rtol=1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import gc
+import math
 import os
 import signal
 import traceback
@@ -75,6 +76,10 @@ class CellRun:
         family = models.members(task, start, cell.seed, self.task_version, self.device, self.progress) \
             if cell.kind == "merge" else {}
         splits = task.splits("target", cell.seed) if cell.kind != "merge" else {}
+        if cell.kind == "adapt":  # the base's own score on the target: what adapting starts from
+            q = task.quality
+            self.emit([api.Measurement("quality_before", task.evaluate(start, splits["test"]), q.unit,
+                                       higher_is_better=q.higher_is_better)])
         model = self.apply(task, method, start, family, splits)
         applied = copy.deepcopy(model) if self._needs("applied_model") else None
         model, val = self.fit(task, method, model, splits)
@@ -106,6 +111,9 @@ class CellRun:
         self.config["hparams"] = method.hparams
         self.config["budget"] = {"scope": task.budget_scope, "dense_in_scope": denominator}
         self.emit([api.Measurement("budget_reached", sized.fraction, "fraction")])
+        if sized.mismatch is not None:  # reached - asked: the budget match's error, signed
+            self.config["budget"]["mismatch"] = sized.mismatch
+            self.emit([api.Measurement("budget_mismatch", sized.mismatch, "fraction")])
         return sized.model.to(self.device)
 
     def score(self, task: api.Task, model: torch.nn.Module, val: float | None, splits: dict, family: dict) -> None:
@@ -151,27 +159,63 @@ class CellRun:
 
     def fit(self, task: api.Task, method: api.Method, model: torch.nn.Module,
             splits: dict[str, Any]) -> tuple[torch.nn.Module, float | None]:
-        """Train once per learning rate of the grid; keep the best on validation."""
+        """Train once per learning rate of the grid; keep the best on validation.
+
+        Why the extras: a choice at the edge of a grid says the best rate may lie beyond it, so the
+        grid is extended once by its own ratio in that direction, and a choice still at the new
+        edge is flagged (`lr_at_edge`); a rate whose loss goes non-finite is a failed candidate,
+        not a failed cell (only when every rate fails does the cell fail)."""
         cell = self.cell
         recipe = self.recipe(task, method)
-        if recipe.steps <= 0:
+        if recipe.steps <= 0 or not any(p.requires_grad for p in model.parameters()):
             model.eval()
             return model, None
-        grid = cell.lr_grid or [recipe.lr]
-        best: tuple[float, float, torch.nn.Module, Any] | None = None
+        grid = sorted(set(cell.lr_grid)) or [recipe.lr]
         sign = 1 if task.quality.higher_is_better else -1
-        for lr in grid:
+        tried: dict[float, float | str] = {}
+        best: list[Any] = []  # [val, lr, model, result] of the best candidate so far
+
+        def attempt(lr: float) -> None:
             candidate = copy.deepcopy(model) if len(grid) > 1 else model
             models.seed_everything(cell.seed)
-            result = train(candidate, task, method, splits["train"], recipe.replace(lr=lr), cell.seed,
-                           self.device, self.progress(f"train lr={lr:g}"))
+            try:
+                result = train(candidate, task, method, splits["train"], recipe.replace(lr=lr), cell.seed,
+                               self.device, self.progress(f"train lr={lr:g}"))
+            except NonFiniteLoss as exc:
+                if len(grid) == 1:
+                    raise
+                tried[lr] = f"non-finite loss: {exc}"
+                return
             val = task.evaluate(candidate, splits["val"])
-            if best is None or sign * val > sign * best[0]:
-                best = (val, lr, candidate, result)
+            if not math.isfinite(val):
+                tried[lr] = f"non-finite validation score {val}"
+                return
+            tried[lr] = val
+            if not best or sign * val > sign * best[0]:
+                best[:] = [val, lr, candidate, result]
+
+        for lr in grid:
+            attempt(lr)
+        extended = None
+        if len(grid) > 1 and best and best[1] in (grid[0], grid[-1]):
+            low = best[1] == grid[0]
+            ratio = grid[1] / grid[0] if low else grid[-1] / grid[-2]
+            extended = best[1] / ratio if low else best[1] * ratio
+            attempt(extended)
+        if not best:
+            raise NonFiniteLoss("every learning rate of the grid failed: "
+                                + "; ".join(f"lr={lr:g}: {why}" for lr, why in tried.items()))
         val, lr, model, result = best
-        self.config["lr"] = {"grid": grid, "selected": lr}
-        self.emit([api.Measurement("train_seconds", result.seconds, "s", higher_is_better=False),
-                   api.Measurement("lr_selected", lr, "lr")])
+        at_edge = extended is not None and lr == extended
+        failed = [k for k, v in tried.items() if isinstance(v, str)]
+        self.config["lr"] = {"grid": grid, "extended": extended, "selected": lr, "at_edge": at_edge,
+                             "tried": {f"{k:g}": v for k, v in tried.items()}}
+        out = [api.Measurement("train_seconds", result.seconds, "s", higher_is_better=False),
+               api.Measurement("lr_selected", lr, "lr")]
+        if len(grid) > 1:
+            out += [api.Measurement("lr_at_edge", float(at_edge), "flag"),
+                    api.Measurement("lr_failed", float(len(failed)), "rates")]
+        self.emit(out)
         if result.final_loss is not None:
             self.emit([api.Measurement("train_loss_final", result.final_loss, "nats", higher_is_better=False)])
         return model, val

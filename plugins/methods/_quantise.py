@@ -260,11 +260,16 @@ class VqMethod(Method):
     def has_projection(self) -> bool:
         return False
 
+    def encode_layer(self, name: str, linear: nn.Linear, sub: torch.Tensor, k: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`encode` for one named layer (lr2vq uses the name to find its trained representation)."""
+        return self.encode(sub, k, generator)
+
     def apply(self, model: nn.Module, size: float | None, ctx: ApplyContext) -> nn.Module:
         if size is None or float(size) != int(size) or int(size) < 1:
             raise PluginError(f"method {self.name!r}: k (centres per layer) must be an integer >= 1, got {size!r}")
         swaps = []
-        for i, (_, lin) in enumerate(self.select(model)):
+        for i, (name, lin) in enumerate(self.select(model)):
             k = self.layer_k(lin, int(size))
             if k is None:
                 continue
@@ -272,7 +277,7 @@ class VqMethod(Method):
             gen = torch.Generator().manual_seed(int(ctx.seed) * 7919 + i)
             # on CPU in float64 whatever the model's device, so codes do not depend on it
             sub = to_subvectors(lin.weight.detach().to(device="cpu", dtype=torch.float64), self.hparams["m"])
-            codebook, codes, projection = self.encode(sub, k, gen)
+            codebook, codes, projection = self.encode_layer(name, lin, sub, k, gen)
             like = {"device": lin.weight.device, "dtype": lin.weight.dtype}
             swaps.append((lin, VQLinear(
                 lin.in_features, lin.out_features, codebook.to(**like),

@@ -148,6 +148,27 @@ class SLTrainLinear(nn.Module):
         tokens = x.numel() // self.in_features
         return 2 * tokens * (self.rank * (self.in_features + self.out_features) + self.nnz)
 
+    def ideal_backward_flops(self, x: torch.Tensor) -> int:
+        """What the gradients need, factored and sparse (torch's sparse product builds a dense
+        d_out x d_in gradient for the values, ~4x this): with u = A x, dB = g u^T and
+        dU = B^T g (2 T d_out r each), dA = dU x^T (2 T r d_in), d values = g x^T sampled on the
+        support (2 T nnz), and for an input that needs a gradient dx = A^T dU + S^T g
+        (2 T (r d_in + nnz))."""
+        tokens = x.numel() // self.in_features
+        r, m, n = self.rank, self.out_features, self.in_features
+        total = 0
+        if self.B.requires_grad:
+            total += 2 * tokens * m * r
+        if self.A.requires_grad or x.requires_grad:
+            total += 2 * tokens * m * r  # dU, needed by dA and dx
+        if self.A.requires_grad:
+            total += 2 * tokens * r * n
+        if self.values.requires_grad:
+            total += 2 * tokens * self.nnz
+        if x.requires_grad:
+            total += 2 * tokens * (r * n + self.nnz)
+        return total
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"nnz={self.nnz}, alpha={self.alpha}, impl={self.impl!r}, bias={self.bias is not None}")

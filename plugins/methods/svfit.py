@@ -35,6 +35,14 @@ Choices (also in the report and docs):
   3e-3..3e-2 (0.31 test accuracy) and reached 0.40 with 3e-2..3e-1; give it its own `lr_grid`.
 - The SVD of each original weight is cached while that tensor lives and is unchanged, because the
   budget search applies the method several times.
+
+The paper's regime: it keeps the singular values that cover about 99% of each weight's energy,
+i.e. near full rank (RoBERTa-base: 768 x 24 = 18,432 trainable against LoRA r=8's 0.3M, its
+"16x fewer"); at r = 1-4 SVFit is far below that regime. And it can only re-weight the pretrained
+singular directions: a target that permutes inputs (transposed digits) rotates them, which no
+choice of sigma undoes. suites/paper-checks.toml checks it at full rank (every matrix's
+min(d_out, d_in): 202 trainable on digits-mlp) against LoRA at 17x its parameters (r = 6), on a
+target whose change re-weighting can follow (digits' "dim" shift).
 """
 from __future__ import annotations
 

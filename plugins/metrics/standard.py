@@ -130,6 +130,12 @@ def roofline_measurements(b: roofline.Bound, phase: str, bs: int) -> list[Measur
             Measurement("arithmetic_intensity", b.intensity, "FLOP/B", phase, bs)]
 
 
+# Where a step's memory peak can fall (lowdim_bench.measure.memory), in order; a record's value is
+# the index, its unit names them, so the figure stays numeric like every other.
+PEAK_PHASES = ("start", "zero_grad", "forward", "backward", "optimizer", "end")
+PEAK_PHASE_UNIT = "phase index: " + ", ".join(f"{i} {p}" for i, p in enumerate(PEAK_PHASES))
+
+
 class MemoryMetric(Metric):
     name = "memory"
     description = "Peak tensor bytes of one training step and of inference, split by category; process peak beside it."
@@ -141,6 +147,8 @@ class MemoryMetric(Metric):
         def emit(b: memory.MemoryBreakdown, phase: str) -> None:
             for name in ("parameters", "gradients", "optimizer", "activations", "other", "peak", "activations_max"):
                 out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs, False))
+            if b.peak_phase in PEAK_PHASES:  # where in the step the peak fell, as its index in PEAK_PHASES
+                out.append(Measurement("memory_peak_phase", PEAK_PHASES.index(b.peak_phase), PEAK_PHASE_UNIT, phase, bs))
             for name in ("process_peak", "cuda_allocated_peak", "cuda_reserved_peak"):
                 if getattr(b, name) is not None:
                     out.append(Measurement(f"memory_{name}", getattr(b, name), "B", phase, bs, False))
