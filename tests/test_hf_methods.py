@@ -70,7 +70,7 @@ def build(registry: Registry, name: str, size, **hp) -> tuple[dict[str, type], n
 CASES = [("dense", None, {}), ("lora", 4, {}), ("lora", 4, {"merged_inference": True}), ("svd", 4, {}),
          ("afm", 4, {}), ("svfit", 4, {}), ("svfit", 4, {"merged_inference": True}), ("flora", 4, {}),
          ("flora", 4, {"merged_inference": True}), ("intrinsic", 500, {}), ("said", 500, {"projection": "sparse"}),
-         ("said", 500, {"merged_inference": True}), ("sltrain", 4, {}), ("pq", 16, {}), ("lr2vq", 16, {}),
+         ("said", 500, {"merged_inference": True}), ("sltrain", 4, {}), ("pq", 16, {}), ("lr2vq", 16, {"lowrank_steps": 0}),  # its low-rank stage trains on a task; none here
          ("peft-lora", 4, {}), ("peft-lora", 4, {"merged_inference": True}), ("peft-loha", 4, {"merged_inference": True}),
          ("peft-lokr", 2, {"merged_inference": True}), ("peft-vera", 8, {"merged_inference": True})]
 IDENTITY = {"dense", "lora", "svfit", "flora", "intrinsic", "said", "peft-lora", "peft-loha", "peft-lokr", "peft-vera"}

@@ -112,7 +112,7 @@ def test_both_impls_give_the_same_output_and_gradients() -> None:
     y_reb.pow(2).sum().backward()
     for (name, p), q in zip(fac.named_parameters(), reb.parameters()):
         assert p.grad is not None and q.grad is not None, name
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)  # sums in another order
     for layer in layers(fac):
         assert layer.values.grad.abs().sum() > 0
 

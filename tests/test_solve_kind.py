@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,7 +14,6 @@ import torch
 from conftest import write_suite
 from lowdim_bench import api, report
 from lowdim_bench.core import events as ev
-from lowdim_bench.core import records
 from lowdim_bench.hookspecs import hookimpl
 from lowdim_bench.plan import make_plan
 from lowdim_bench.registry import Registry
@@ -44,13 +44,13 @@ knobs = [30]
 [methods.fake-head]
 """
 
+TESTS = Path(__file__).resolve().parent
+
 
 @pytest.fixture(scope="module")
 def registry():
     import os
     import sys
-
-    from conftest import TESTS
 
     old = os.environ.get("LOWDIM_BENCH_PLUGIN_MODULES")
     os.environ["LOWDIM_BENCH_PLUGIN_MODULES"] = "fakeplugins"

@@ -68,9 +68,10 @@ def check_complete_run(app) -> None:
     assert (state.state, state.done, state.total, state.failed) == ("finished", 4, 4, 0)
     table = app.query_one(ResultsTable)
     groups = {r.group for r in table.shown}
-    assert groups == {("tiny", "adapt", "fake-head", "full"), ("tiny", "compress", "fake-width", "0.5")}
+    cells = {("tiny", "adapt", "fake-head", "full"), ("tiny", "compress", "fake-width", "0.5")}
+    assert groups == cells | {("tiny", "adapt", report.BEFORE, "full")}  # the base on the target, per seed
     assert all(r.values["n_seeds"] == 2 and r.values["quality_std"] is not None for r in table.shown)
-    assert all(len(table.data.records[g]) > 10 for g in groups)  # every record kept for the detail view
+    assert all(len(table.data.records[g]) > 10 for g in cells)  # every record kept for the detail view
     charts = {c.id: c.data for c in app.query_one(ChartPane).charts}
     # the charts follow the selected row's task and kind (the first row: adapt)
     assert [p.method for p in charts["chart-params"].points] == ["fake-head"]
