@@ -39,7 +39,8 @@ def test_groups_take_ok_latency_cells_with_interleave_on_and_two_or_more() -> No
 
 
 def test_reached_is_read_from_ok_records_only() -> None:
-    recs = [{"cell_key": "k1", "status": "ok", "knob": 3.0, "budget_reached": 0.1, "metric": "quality"},
+    recs = [{"cell_key": "k1", "status": "ok", "knob": None, "budget_reached": None, "metric": "quality_before"},
+            {"cell_key": "k1", "status": "ok", "knob": 3.0, "budget_reached": 0.1, "metric": "quality"},
             {"cell_key": "k1", "status": "ok", "knob": 3.0, "budget_reached": 0.1, "metric": "params_total"},
             {"cell_key": "k2", "status": "failed", "knob": None, "metric": "error"},
             {"cell_key": "interleave:x", "status": "ok", "knob": 1.0, "metric": "latency_p50"}]

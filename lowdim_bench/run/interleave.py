@@ -71,11 +71,14 @@ def groups(cells: list[Cell], ok: dict[str, Reached]) -> dict[str, list[Cell]]:
 
 
 def reached_from_records(recs: list[dict[str, Any]]) -> dict[str, Reached]:
-    """Cell key -> the knob and budget fraction its ok records carry."""
+    """Cell key -> the knob and budget fraction its ok records carry. A record written before the
+    cell was sized (`quality_before`, the base on the target) carries neither: a later one wins."""
     out: dict[str, Reached] = {}
     for r in recs:
         if r.get("status") == "ok" and r.get("cell_key") and is_cell_key(r["cell_key"]):
-            out.setdefault(r["cell_key"], Reached(r.get("knob"), r.get("budget_reached")))
+            seen = out.get(r["cell_key"])
+            if seen is None or (seen.knob is None and r.get("knob") is not None):
+                out[r["cell_key"]] = Reached(r.get("knob"), r.get("budget_reached"))
     return out
 
 
