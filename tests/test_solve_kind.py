@@ -260,6 +260,9 @@ def test_the_app_trace_chart_follows_the_selected_solve_task():
     assert view.curves[1].y == [0.5, 0.05, 0.005, 0.0005]
     by_time = traces.trace_view(rows, rows[1], recs, against="seconds")
     assert by_time.curves[0].x == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    sampler = Row(("lp1", "solve", "uniform", "knob 100"), {}, [], False, 0)  # a solve row that traced nothing
+    recs[sampler.group] = [_rec("rel_error", 0.4, 0, method="uniform")]
+    assert traces.trace_view([sampler] + rows, sampler, recs).task == "mc"  # the first task that traced
 
 
 # ---- through the CLI ------------------------------------------------------------------------------

@@ -88,16 +88,20 @@ class TraceView:
 
 def trace_view(rows: list[Any], selected: Any | None, records: dict[tuple, list[dict[str, Any]]],
                against: str = "step") -> TraceView | None:
-    """The selected row's task if it is a solve row, else the first task with solve rows: every
-    traced curve of its rows. None when no shown row is a solve row with a trace."""
+    """The selected row's task if it is a solve row that traced, else the first solve task that did:
+    every traced curve of its rows. None when no shown solve row has a trace."""
     tasks = list(dict.fromkeys(r.group[0] for r in rows if r.group[1] == "solve"))
     if not tasks:
         return None
-    task = selected.group[0] if selected is not None and selected.group[:2] in {(t, "solve") for t in tasks} \
-        else tasks[0]
-    recs = [r for row in rows if row.group[:2] == (task, "solve") for r in records.get(row.group, [])]
-    names = traced_values(recs)
-    if not names:
+    if selected is not None and selected.group[:2] in {(t, "solve") for t in tasks}:
+        tasks.remove(selected.group[0])
+        tasks.insert(0, selected.group[0])
+    for task in tasks:  # the selected row's task, else the first that traced something (samplers do not)
+        recs = [r for row in rows if row.group[:2] == (task, "solve") for r in records.get(row.group, [])]
+        names = traced_values(recs)
+        if names:
+            break
+    else:
         return None
     scored = {r.get("metric") for r in recs if r.get("step") is None}
     value = next((n for n in names if n in scored), names[0])  # progress() names the problem's scores
