@@ -189,7 +189,7 @@ def test_transformer_encoder_layer_fast_and_slow_paths(training: bool) -> None:
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 def test_fused_encoder_counts_ragged_sequences_by_their_lengths() -> None:
-    from lowdim_bench.measure import flops
+    from lowdim_bench.measure import flop_formulas as flops
 
     e, f = 8, 12
     src = torch.nested.nested_tensor([torch.randn(5, e), torch.randn(3, e)])

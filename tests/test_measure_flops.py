@@ -9,10 +9,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from lowdim_bench.measure.flop_formulas import make_counter
 from lowdim_bench.measure.flops import (
     FlopCount,
     forward_flops,
-    make_counter,
     opt_einsum_active,
     train_step_flops,
 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lowdim_bench.api import ApplyContext, Inputs, PluginError
+from lowdim_bench.measure.call_memory import ProcessPeak
 
 Vector = dict[str, Tensor]  # one tensor per merged parameter name
 
@@ -320,26 +320,6 @@ def tensor_bytes(*groups: Any) -> int:
     return sum(seen.values())
 
 
-def _rss_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak() -> int | None:
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 @contextmanager
 def measured(stats: MergeStats, device: torch.device) -> Iterator[MergeStats]:
     """Fill stats.seconds, cpu_seconds and peak_bytes over the block."""
@@ -348,14 +328,16 @@ def measured(stats: MergeStats, device: torch.device) -> Iterator[MergeStats]:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start_alloc = torch.cuda.memory_allocated(device)
-    rss_ok = not cuda and _rss_reset()
-    start_rss = _rss_peak() if rss_ok else None
+    process = ProcessPeak()  # the peak resident set's rise over the block (Linux); CUDA: the allocator's
+    if not cuda:
+        process.__enter__()
     t0, c0 = time.perf_counter(), time.process_time()
     yield stats
     if cuda:
         torch.cuda.synchronize(device)
         stats.peak_bytes, stats.peak_source = torch.cuda.max_memory_allocated(device) - start_alloc, "cuda_allocated"
-    elif start_rss is not None:
-        end = _rss_peak()
-        stats.peak_bytes, stats.peak_source = (max(0, end - start_rss), "process_hwm_rise") if end else (None, "")
+    else:
+        process.__exit__(None, None, None)
+        stats.peak_bytes, stats.peak_source = (process.bytes, "process_hwm_rise") if process.bytes is not None \
+            else (None, "")
     stats.seconds, stats.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0

@@ -47,10 +47,6 @@ class MergeChart(Chart):
 class RichChart(Chart):
     """A chart drawn as Rich text rather than a plotext canvas (a grid of numbers reads better)."""
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self.body: object = Text("")
-
     def render(self):
         if self.size.width < 20 or self.size.height < 6:
             return Text(f"{self.title}: too small to draw ({self.size.width}×{self.size.height})", style="dim")
@@ -60,7 +56,7 @@ class RichChart(Chart):
             return Text(f"{self.title}: cannot draw ({type(e).__name__})", style="dim")
 
     def layout(self, width: int, height: int):  # pragma: no cover
-        return self.body
+        raise NotImplementedError
 
 
 class HeatmapChart(RichChart):
