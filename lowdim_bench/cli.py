@@ -13,9 +13,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
+        import gc
+
+        gc.disable()  # while Textual and the app import and build the first frame (tui/app.py)
         from .tui.app import main as app_main
 
         return app_main([])
+    if argv[0] == "run" and "ray" not in argv:
+        from .run import warm  # the standard library only
+
+        # Start the warm cell server first, so its imports (torch, the plugins) run beside this
+        # process's own instead of after them: the first cell then starts seconds sooner.
+        warm.prestart()
     from .commands import dispatch
 
     return dispatch(argv)

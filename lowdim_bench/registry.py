@@ -7,6 +7,7 @@ stops the others. `strict=True` (CI) turns any such failure into an error.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import inspect
@@ -62,17 +63,36 @@ class Provided:
 
     cls: type
     plugin: PluginInfo
-    code_version: str
+
+    @functools.cached_property
+    def code_version(self) -> str:
+        """Computed on first use: hashing every plugin's source took half of a registry load, and a run
+        needs the versions of its own cells' methods, tasks and metrics only."""
+        return code_version(self.cls, self.plugin)
+
+
+def _source(module: ModuleType) -> str | None:
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):
+        return None
 
 
 def _local_imports(module: ModuleType) -> list[str]:
     """Names of the modules `module` imports from its own top-level package (at any depth of the
     file: a helper imported inside a function counts too)."""
-    top = module.__name__.split(".")[0]
+    return list(_parsed_imports(module.__name__, hasattr(module, "__path__"), _source(module)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_imports(name: str, is_package: bool, source: str | None) -> tuple[str, ...]:
+    """Keyed by the source text, so a changed file is parsed again; modules shared by many plugins'
+    classes are parsed once."""
+    top = name.split(".")[0]
     try:
-        tree = ast.parse(inspect.getsource(module))
-    except (OSError, TypeError, SyntaxError):
-        return []
+        tree = ast.parse(source or "")
+    except SyntaxError:
+        return ()
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -80,13 +100,13 @@ def _local_imports(module: ModuleType) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                pkg = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0]
+                pkg = name if is_package else name.rpartition(".")[0]
                 parts = pkg.split(".")
                 pkg = ".".join(parts[: len(parts) - node.level + 1])
                 base = f"{pkg}.{base}" if base else pkg
             out.append(base)
             out += [f"{base}.{a.name}" for a in node.names]  # `from pkg import helper_module`
-    return [m for m in out if m == top or m.startswith(top + ".")]
+    return tuple(m for m in out if m == top or m.startswith(top + "."))
 
 
 def module_closure(name: str) -> list[str]:
@@ -112,10 +132,8 @@ def code_version(cls: type, plugin: PluginInfo) -> str:
     digest = hashlib.sha256()
     names = module_closure(cls.__module__)
     for name in names:
-        try:
-            digest.update(name.encode() + b"\0" + inspect.getsource(sys.modules[name]).encode())
-        except (OSError, TypeError, KeyError):
-            digest.update(name.encode() + b"\0nosource")
+        source = _source(sys.modules[name]) if name in sys.modules else None
+        digest.update(name.encode() + b"\0" + (source.encode() if source is not None else b"nosource"))
     return f"{plugin.version or '0'}+{digest.hexdigest()[:10] if names else 'nosource'}"
 
 
@@ -290,7 +308,7 @@ class Registry:
                                       f"{owner.cls.name!r} of plugin {owner.plugin.name!r}")
         if name in table:
             raise api.PluginError(f"{what} {name!r} is already registered by plugin {table[name].plugin.name!r}")
-        table[name] = Provided(cls=cls, plugin=info, code_version=code_version(cls, info))
+        table[name] = Provided(cls=cls, plugin=info)
         info.provides.append(f"{what}:{name}")
 
     # ---- queries --------------------------------------------------------------------------

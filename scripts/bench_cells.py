@@ -41,6 +41,10 @@ def child(mode: str, suite: str, jobs: int, out: str, report: str) -> int:
     if mode == "spawn":
         os.environ["LOWDIM_BENCH_START"] = "spawn"
     from lowdim_bench import cli
+    from lowdim_bench.run import warm
+
+    if mode == "warm":
+        warm.prestart()  # what cli.main does first; the spies below import torch before it would
     from lowdim_bench.core import events as ev
     from lowdim_bench.run import runner
 

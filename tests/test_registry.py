@@ -1,4 +1,7 @@
 """The plugin contract: loading, attribution of failures, strict mode, allow-list."""
+import subprocess
+import sys
+
 import pytest
 
 from lowdim_bench.api import Knob, Method
@@ -98,3 +101,14 @@ def test_empty_allow_list_keeps_builtins_and_named_modules(monkeypatch, fake_plu
     reg = Registry.load()
     assert "dense" in reg.methods  # built-ins always load
     assert "fake-head" in reg.methods  # explicitly named modules load too
+
+
+def test_loading_the_registry_imports_no_scipy_or_sklearn():
+    """Every plugin module imports scipy and scikit-learn where it uses them: at plugin load they cost
+    4 s, paid by every CLI start and every warm cell server (issue 19)."""
+    code = ("import sys; from lowdim_bench.registry import Registry; r = Registry.load(); "
+            "assert not r.broken, r.broken; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'sklearn', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -184,3 +184,15 @@ def test_mild_shifts_do_what_they_say() -> None:
     dimmed, same = digits_mlp.apply_shift(x, y, "dim")
     assert np.array_equal(same, y) and np.array_equal(dimmed.reshape(-1, 8, 8)[:, :4], im[:, :4])
     np.testing.assert_allclose(dimmed.reshape(-1, 8, 8)[:, 4:], 0.3 * im[:, 4:], rtol=1e-6)
+
+
+def test_digits_read_without_sklearn_match_load_digits():
+    """The loader reads scikit-learn's bundled file directly (no 2 s sklearn import in the warm cell
+    server); it must give exactly load_digits's rows."""
+    from sklearn.datasets import load_digits
+
+    digits_mlp._load_digits.cache_clear()
+    x, y = digits_mlp._load_digits()
+    ref = load_digits()
+    np.testing.assert_array_equal(x, (ref.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, ref.target)

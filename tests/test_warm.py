@@ -205,3 +205,13 @@ def test_a_forked_cell_checks_the_run_as_well_as_the_process_that_forked_it() ->
         proc.start()
         proc.join(30)
         assert proc.exitcode == code, (parent, via)
+
+
+def test_the_cli_starts_the_server_before_it_imports_torch() -> None:
+    """`lowdim-bench run` starts the warm server first, so its imports run beside the CLI's own; once
+    torch is imported here the first cell would wait seconds longer (issue 19)."""
+    code = ("import sys; from lowdim_bench.run import warm; seen = []; "
+            "warm.prestart = lambda: seen.append('torch' in sys.modules); "
+            "from lowdim_bench import cli; cli.main(['run', 'no-such-suite.toml']); print(seen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1].startswith("[False"), out.stdout + out.stderr[-2000:]

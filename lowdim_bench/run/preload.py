@@ -15,9 +15,10 @@ import threading
 from multiprocessing import forkserver
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-# Heavy modules a cell imports lazily on its first training step or measurement (optimizers pull in
-# torch._dynamo and sympy; the FLOP counter; scikit-learn's bundled data sets): about 1100 modules.
-LAZY_IMPORTS = ("torch._dynamo", "torch.utils.flop_counter", "torch.profiler", "sklearn.datasets")
+# Heavy modules every cell imports lazily on its first training step or measurement (optimizers pull
+# in torch._dynamo and sympy; the FLOP counter): about 900 modules. Not scikit-learn or scipy: they
+# would add 2 s before the first cell, and only some plugins' cells use them.
+LAZY_IMPORTS = ("torch._dynamo", "torch.utils.flop_counter", "torch.profiler")
 
 
 def _parent_sys_path() -> list[str] | None:

@@ -11,6 +11,8 @@ detached; see session.finish_headless). Either way the run folder is consistent 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +72,10 @@ class LowdimApp(ResultsActions, App[int]):
                  registry_factory: Callable[[], Any] | None = None, devices: list[str] | None = None,
                  jobs: int = 1) -> None:
         super().__init__()
+        if "TEXTUAL_ANIMATIONS" not in os.environ:
+            # No animations unless asked for (TEXTUAL_ANIMATIONS): the tab underline's 0.3 s glide
+            # repaints the screen frame after frame behind every tab switch, on cores a run is using.
+            self.animation_level = "none"
         prepare_processes()
         self.suite_paths, self.reports_dir = [Path(p) for p in suite_paths], Path(reports_dir)
         self.registry_factory, self.devices, self.default_jobs = registry_factory, devices, jobs
@@ -104,11 +110,21 @@ class LowdimApp(ResultsActions, App[int]):
 
     def on_mount(self) -> None:
         self.sub_title = "loading plugins…"
-        self.load_catalog()
-        self.load_runs()
-        self.call_after_refresh(self.mount_charts)
+        # The loading threads start after the first frame: importing torch in a thread holds the
+        # GIL for most of a second at a time, which delayed the first paint by as long.
+        self.call_after_refresh(self.after_first_frame)
         self.set_interval(1.0, self.tick)
         self.set_interval(RUNS_POLL_S, self.poll_runs)
+
+    def after_first_frame(self) -> None:
+        # The garbage collector was off until the first frame (cli.py, main below): building ~100
+        # widgets triggered collections worth 0.15-0.25 s of the time to first paint. Frozen, the
+        # start-up objects are never scanned again.
+        gc.freeze()
+        gc.enable()
+        self.load_catalog()
+        self.load_runs()
+        self.mount_charts()
 
     def mount_charts(self) -> None:
         """The chart pane (plotext and its plots) after the first frame: it is not on the first
@@ -144,6 +160,7 @@ class LowdimApp(ResultsActions, App[int]):
 
     def catalog_ready(self, registry: Any, catalog: model.Catalog) -> None:
         self.registry, self.catalog = registry, catalog
+        gc.freeze()  # torch's and the plugins' objects live as long as the app: keep them out of every collection
         self.query_one(SetupPane).set_catalog(catalog)
         broken = f", {len(catalog.broken)} plugin(s) failed to load (F2)" if catalog.broken else ""
         self.sub_title = f"{len(catalog.methods)} methods, {len(catalog.tasks)} tasks{broken}"
@@ -341,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reports", type=Path, default=Path("reports"), help="folder of run folders (default reports/)")
     p.add_argument("--jobs", type=int, default=1, help="parallel cells the Setup tab starts with (default 1)")
     args = p.parse_args(argv)
+    gc.disable()  # until the first frame (LowdimApp.after_first_frame)
     for s in args.suites:
         if not s.exists():
             p.error(f"suite file {s} does not exist")

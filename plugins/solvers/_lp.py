@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import linprog
 
 from lowdim_bench.api import PluginError
 
@@ -31,6 +29,9 @@ def solve_weighted(a: np.ndarray, b: np.ndarray, w: np.ndarray, p: int) -> np.nd
         return np.linalg.lstsq(a * s, b * s[:, 0], rcond=None)[0]
     if p != 1:
         raise PluginError(f"l_p regression: p = {p!r} must be 1 or 2")
+    import scipy.sparse as sp  # scipy here, not at plugin load (see registry.py's load time)
+    from scipy.optimize import linprog
+
     n, d = a.shape
     eye = sp.identity(n, format="csr")
     a_eq = sp.hstack([sp.csr_matrix(a), eye, -eye], format="csr")
@@ -92,6 +93,9 @@ def l1_sensitivities(a: np.ndarray, iters: int = 30, chunk: int = 256, start: np
 
 def l1_sensitivity_lp(a: np.ndarray, i: int) -> float:
     """The exact l_1 sensitivity of row i: 1 / min{||A x||_1 : a_i^T x = 1}, by linear programming."""
+    import scipy.sparse as sp
+    from scipy.optimize import linprog
+
     n, d = a.shape
     eye = sp.identity(n, format="csr")
     a_eq = sp.vstack([sp.hstack([sp.csr_matrix(a), -eye, eye]),

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_digits, make_classification
-from sklearn.ensemble import ExtraTreesClassifier
-from sklearn.model_selection import train_test_split
 
 from lowdim_bench.api import Knob, Measurement, PluginError, Quality
 from lowdim_bench.hparams import Param
@@ -85,6 +82,8 @@ class FeatureSelection(Problem):
                                   "Madelon's 2 classes x 16 clusters (needs 2^informative >= 32)")
 
     def _dataset(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        from sklearn.datasets import load_digits, make_classification  # here: sklearn costs ~1 s at plugin load
+
         o = self.options
         if o["dataset"] == "digits":
             d = load_digits()
@@ -102,6 +101,8 @@ class FeatureSelection(Problem):
         return x, y, relevant
 
     def instance(self, split: str, seed: int) -> Instance:
+        from sklearn.model_selection import train_test_split
+
         check_split(self.name, split)
         x, y, relevant = self._dataset(seed)
         data_opts = {k: self.options[k] for k in DATA_OPTIONS}
@@ -118,6 +119,8 @@ class FeatureSelection(Problem):
         return 1, instance.data.shape[1]
 
     def accuracy(self, instance: Instance, features: np.ndarray) -> float:
+        from sklearn.ensemble import ExtraTreesClassifier
+
         t = instance.truth
         clf = ExtraTreesClassifier(n_estimators=self.options["trees"], random_state=t["classifier_seed"], n_jobs=1)
         clf.fit(instance.data.x[:, features], t["y_train"])

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.neighbors import kneighbors_graph
 
 from lowdim_bench.api import PluginError
 from lowdim_bench.hparams import Param
@@ -26,6 +25,8 @@ from .selection import FeatureData, FeatureRanking, FeatureSelection, top_k
 
 def laplacian_scores(x: np.ndarray, neighbours: int) -> np.ndarray:
     """He et al.'s Laplacian score of every column of x (smaller is better)."""
+    from sklearn.neighbors import kneighbors_graph  # here: 2 s of imports at plugin load otherwise
+
     dist = kneighbors_graph(x, n_neighbors=neighbours, mode="distance", include_self=False)
     dist = dist.maximum(dist.T).tocsr()
     t = float(np.mean(dist.data**2)) or 1.0

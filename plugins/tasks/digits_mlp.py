@@ -31,8 +31,11 @@ pretrained features still fit, which re-weighting them (SVFit) can express.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -79,14 +82,23 @@ class DigitsMLP(nn.Module):
         return self.head(self.body(x))
 
 
+def digits_file() -> Path:
+    """scikit-learn's bundled copy of the UCI digits (what `load_digits` reads), found without
+    importing scikit-learn: its import costs 2 s in every warm cell server (run/warm.py)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise PluginError("digits tasks need scikit-learn's bundled data set: pip install scikit-learn")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+
+
 @functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """Pixels / 16 as float32 and labels; read-only because the arrays are shared."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    y = data.target.astype(np.int64)
+    """Pixels / 16 as float32 and labels; read-only because the arrays are shared. The same rows as
+    sklearn.datasets.load_digits (a test checks)."""
+    with gzip.open(digits_file(), "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    x = (data[:, :-1] / 16.0).astype(np.float32)
+    y = data[:, -1].astype(np.int64)
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
