@@ -12,6 +12,8 @@ import torch
 from lowdim_bench.api import Inputs, PluginError
 from lowdim_bench_builtin.tasks import _hf_data as data_mod
 from lowdim_bench_builtin.tasks._stdlib_corpus import stdlib_root
+from lowdim_bench_builtin.tasks import hf_text
+from lowdim_bench_builtin.tasks._hf_model import find_head
 from lowdim_bench_builtin.tasks.hf_text import HfText
 
 CAPS = (100000, 100000, 100000)
@@ -188,6 +190,22 @@ def test_the_probe_base_separates_a_separable_task(tiny_task):
     # the same seed gives the same base; the probe is fitted, not drawn
     again = tiny_task.pretrained("target", 0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_probe_is_fitted_once_and_read_back(tiny_task, monkeypatch):
+    """Every cell and every rebuild of the interleaved latency pass builds the base: the probe fit
+    ran each time (most of the interleave pass on real-minilm). Now the second build reads it."""
+    first = tiny_task.pretrained("target", 0)
+    fits = []
+    monkeypatch.setattr(hf_text, "fit_probe", lambda *a, **k: fits.append(a))
+    second = tiny_task.pretrained("target", 1)  # another seed: the probe does not depend on it
+    assert fits == []
+    head = lambda m: find_head(m, m.head_name)
+    assert torch.equal(head(first).weight, head(second).weight) and torch.equal(head(first).bias, head(second).bias)
+    other = HfText(model=tiny_task.options["model"], data=tiny_task.options["data"], max_length=16, batch_size=8,
+                   probe_c=0.01)
+    other.pretrained("target", 0)
+    assert len(fits) == 1  # another probe_c is another probe
 
 
 def test_batches_are_dicts_padded_to_their_longest_text(tiny_task):
