@@ -7,10 +7,9 @@ thread after each finished cell, so the UI thread never runs Polars during a run
 
 Priority: the thread that runs the cells lowers its own scheduling priority (nice +10, Linux
 threads have their own) before the worker processes (or their warm server) start, and they
-inherit it: at +5, tab switches during a smoke run on 2 cores took p50 156 / p99 226 ms, at +10
-110 / 187 ms (tmux, side by side). On a machine
-with fewer cores than jobs + 1 the UI thread then still gets the CPU at once when a key
-arrives; the cells' CPU time is unchanged, only who waits when both want a core.
+inherit it. On a machine with fewer cores than jobs + 1 the UI thread then still gets the CPU at
+once when a key arrives; the cells' CPU time is unchanged, only who waits when both want a core
+(+10 rather than +5: tab switches during a run, docs/app.md "Measured responsiveness").
 """
 from __future__ import annotations
 
