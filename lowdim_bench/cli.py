@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         from .tui.app import main as app_main
 
         return app_main([])
-    if argv[0] == "run" and "ray" not in argv:
+    command = next((a for a in argv if not a.startswith("-")), None)  # after global options (--strict-plugins)
+    if command == "run" and "ray" not in argv:
         from .run import warm  # the standard library only
 
         # Start the warm cell server first, so its imports (torch, the plugins) run beside this
