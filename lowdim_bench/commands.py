@@ -25,7 +25,7 @@ from .core.cells import is_cell_key
 from .core.store import RunStore, StorageError, describe
 from .plan import make_plan
 from .registry import PluginLoadError, Registry, UnknownName
-from .run import runner, warm
+from .run import runner
 from .suite import Overrides, SuiteError
 
 USAGE_ERROR = 2
@@ -179,16 +179,14 @@ def resume_hint(run_dir: str | Path) -> str:
 
 
 def check_executor(args) -> None:
-    """Refuse a bad --executor/--address before anything is written; start the warm process server
-    now, so its imports overlap with loading the plugins here (lowdim_bench/run/warm.py)."""
+    """Refuse a bad --executor/--address before anything is written. (cli.main has already started
+    the warm cell server, before this module's imports; an executor starts it when nobody did.)"""
     if args.address and args.executor != "ray":
         raise SuiteError("--address names a Ray cluster; add --executor ray")
     if args.executor == "ray":
         from .run.ray_executor import import_ray
 
         import_ray()
-    else:
-        warm.prestart()
 
 
 def cmd_run(args, registry: Registry) -> int:

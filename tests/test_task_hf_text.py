@@ -274,3 +274,12 @@ def test_an_uncached_hub_id_offline_is_a_clear_error():
     task = HfText(model="nobody-here/no-such-model")
     with pytest.raises(PluginError, match=r"no-such-model.*local hub cache \(HF_HUB_OFFLINE is set\)"):
         task.folder
+
+
+def test_an_unwritable_cache_costs_the_caching_not_the_base(tiny_task, tmp_path, monkeypatch):
+    """docs/reports.md: an unwritable cache means the base is built and used uncached."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LOWDIM_BENCH_CACHE", str(blocked))
+    model = tiny_task.pretrained("target", 0)
+    assert tiny_task.evaluate(model, tiny_task.splits("target", 0)["train"]) >= 0.9

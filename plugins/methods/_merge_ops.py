@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -329,15 +329,13 @@ def measured(stats: MergeStats, device: torch.device) -> Iterator[MergeStats]:
         torch.cuda.reset_peak_memory_stats(device)
         start_alloc = torch.cuda.memory_allocated(device)
     process = ProcessPeak()  # the peak resident set's rise over the block (Linux); CUDA: the allocator's
-    if not cuda:
-        process.__enter__()
-    t0, c0 = time.perf_counter(), time.process_time()
-    yield stats
+    with nullcontext() if cuda else process:
+        t0, c0 = time.perf_counter(), time.process_time()
+        yield stats
     if cuda:
         torch.cuda.synchronize(device)
         stats.peak_bytes, stats.peak_source = torch.cuda.max_memory_allocated(device) - start_alloc, "cuda_allocated"
     else:
-        process.__exit__(None, None, None)
         stats.peak_bytes, stats.peak_source = (process.bytes, "process_hwm_rise") if process.bytes is not None \
             else (None, "")
     stats.seconds, stats.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0

@@ -222,11 +222,16 @@ class HfText(Task):
 
     def _cached(self, name: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """A file under LOWDIM_BENCH_CACHE/hf-text/, computed by the first cell that needs it while
-        the others wait on its lock; a torn or stale file is computed again."""
+        the others wait on its lock; a torn or stale file is computed again. As the harness's base
+        cache (run/cache.py): a cache that cannot be written costs the caching, never the cell."""
         folder = cache_root() / "hf-text"
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.pt"
-        with open(folder / f"{name}.lock", "w") as lock:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open(folder / f"{name}.lock", "w")
+        except OSError:
+            return compute()
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.exists():
                 try:
@@ -235,8 +240,11 @@ class HfText(Task):
                     path.unlink(missing_ok=True)
             out = compute()
             tmp = path.with_suffix(".tmp")
-            torch.save(out, tmp)
-            os.replace(tmp, path)
+            try:
+                torch.save(out, tmp)
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
             return out
 
     def probe_features(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,9 +51,9 @@ class RunPanel(Vertical):
             # One line per cell in flight (no wrapping, app.tcss): the screen is laid out again only
             # when that count changes. A layout per update cost 40-80 ms of the UI thread on a busy
             # 2-core machine, and a tab switch waited behind it.
-            same_height = current.count("\n") == self._current.count("\n") and bool(current) == bool(self._current)
+            relayout = len(current.splitlines()) != len(self._current.splitlines())
             self._current = current
-            self.query_one("#run-current", Static).update(current, layout=not same_height)
+            self.query_one("#run-current", Static).update(current, layout=relayout)
         self.refresh_status()
 
     def status_text(self, now: float | None = None) -> str:
