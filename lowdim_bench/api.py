@@ -148,6 +148,7 @@ class Method:
     identity_at_init: ClassVar[bool] = False
     reference: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    preload: ClassVar[tuple[str, ...]] = ()  # heavy modules its cells import: a warm server imports them once
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -209,6 +210,7 @@ class Task:
     defaults: ClassVar[dict[str, Any]] = {}  # untyped form of `params`
     budget_scope: ClassVar[str] = "all parameters"  # what `in_budget` keeps, in words (goes into records)
     description: ClassVar[str] = ""
+    preload: ClassVar[tuple[str, ...]] = ()  # as Method.preload
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

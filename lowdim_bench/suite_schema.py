@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]+$", min_length=1, max_length=64)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -59,10 +59,19 @@ class ProtocolModel(_Strict):
     memory_batch_size: BatchSize = 64
     train_batch_size: BatchSize = 64
     interleave: bool = True  # after a task's cells finish, time them all A B A B in one process
+    interleave_seeds: Annotated[int, Field(ge=0, le=1000)] = 0  # seeds per entry timed there; 0: all
+    cell_inference_latency: bool = True  # false: inference is timed in the interleaved pass only
     compile: bool = False  # also time torch.compile'd inference, compile time kept apart
     roofline: bool = True  # latency records carry their roofline bound
 
     _unique_sizes = field_validator("batch_sizes")(_unique)
+
+    @model_validator(mode="after")
+    def _inference_timed_somewhere(self) -> "ProtocolModel":
+        if not self.cell_inference_latency and not self.interleave:
+            raise ValueError("cell_inference_latency = false leaves inference latency to the interleaved pass: "
+                             "it needs interleave = true")
+        return self
 
 
 class TaskEntry(BaseModel):

@@ -169,3 +169,24 @@ def test_protocol_switches_take_booleans_only(tmp_path) -> None:
     with pytest.raises(SuiteError, match=r"ok\.toml|bad\.toml") as e:
         load_suite(write_suite(tmp_path / "bad.toml", body.format("1")), reg)
     assert "[protocol] field 'interleave': Input should be a valid boolean, got 1" in str(e.value)
+
+
+def test_interleave_seeds_keeps_the_first_seeds_of_each_task() -> None:
+    """A deployed model's structure does not depend on its seed: `interleave_seeds = 1` times one."""
+    one = {**PROTOCOL, "interleave_seeds": 1}
+    cells = [cell(m, "adapt", k, seed=s, protocol=one) for s in (2, 0, 1) for m, k in (("dense", None), ("lora", 2))]
+    ok = {c.key: Reached(c.knob, 0.5) for c in cells}
+    assert [(c.method, c.seed) for c in groups(cells, ok)["digits-mlp"]] == [("dense", 0), ("lora", 0)]
+    every = [cell(c.method, "adapt", c.knob, seed=c.seed) for c in cells]
+    assert len(groups(every, {c.key: Reached(c.knob, 0.5) for c in every})["digits-mlp"]) == 6
+
+
+def test_inference_latency_left_to_the_pass_needs_the_pass(tmp_path) -> None:
+    from lowdim_bench.suite import SuiteError, load_suite
+
+    body = 'name = "b"\ntasks = ["digits-mlp"]\nmethods = ["dense"]\n[protocol]\ncell_inference_latency = false\n'
+    reg = Registry.load()
+    assert load_suite(write_suite(tmp_path / "ok.toml", body), reg).protocol["cell_inference_latency"] is False
+    with pytest.raises(SuiteError, match=r"bad\.toml") as e:
+        load_suite(write_suite(tmp_path / "bad.toml", body + "interleave = false\n"), reg)
+    assert "it needs interleave = true" in str(e.value)

@@ -165,6 +165,9 @@ def test_latency_metric_adds_threads_and_a_roofline_per_latency_figure(tmp_path,
         assert (name, "train_step", 8) in got
     off = LatencyMetric().measure(metric_context({**PROTO, "roofline": False}))
     assert not [m for m in off if m.metric.startswith("roofline")]
+    # inference left to the interleaved pass: the training step only
+    step_only = LatencyMetric().measure(metric_context({**PROTO, "cell_inference_latency": False}))
+    assert {m.phase for m in step_only if m.metric.startswith("latency")} == {"train_step"}
 
 
 def test_compiled_inference_keeps_compile_time_apart() -> None:

@@ -3,6 +3,7 @@ the task end to end on a tiny BERT saved to a folder (fast). The real MiniLM is 
 tests/test_hf_minilm.py (slow)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -208,6 +209,30 @@ def test_the_probe_is_fitted_once_and_read_back(tiny_task, monkeypatch):
     assert len(fits) == 1  # another probe_c is another probe
 
 
+def test_the_untouched_base_s_outputs_are_computed_once(tiny_task, monkeypatch):
+    """Every cell scores the pretrained base the same way (quality_before, the embedding-cosine
+    reference): read back from the cache, but only for that very model, unchanged."""
+    base = tiny_task.pretrained("target", 0)
+    test = tiny_task.splits("target", 0)["test"]
+    first = tiny_task.features(base, test)
+    calls = []
+    real = HfText._forward_split
+    monkeypatch.setattr(HfText, "_forward_split", lambda self, *a: calls.append(a) or real(self, *a))
+    assert torch.equal(tiny_task.features(base, test)[0], first[0])
+    fresh = HfText(model=tiny_task.options["model"], data=tiny_task.options["data"], max_length=16, batch_size=8)
+    other_cell = fresh.pretrained("target", 1)  # another cell's base: the file cache serves it too
+    assert torch.equal(fresh.features(other_cell, fresh.splits("target", 1)["test"])[0], first[0])
+    assert calls == []
+    copy_ = copy.deepcopy(base)  # what a method starts from: computed
+    tiny_task.features(copy_, test)
+    assert len(calls) == 1
+    with torch.no_grad():
+        find_head(base, base.head_name).bias.add_(1.0)  # written in place: computed, and it differs
+    changed, _ = tiny_task.predictions(base, test)
+    assert len(calls) == 2
+    assert not torch.equal(changed, real(tiny_task, copy_, test, False)[0])
+
+
 def test_batches_are_dicts_padded_to_their_longest_text(tiny_task):
     split = tiny_task.splits("target", 0)["train"]
     batch = next(tiny_task.batches(split, 8, torch.Generator().manual_seed(0)))
@@ -283,3 +308,15 @@ def test_an_unwritable_cache_costs_the_caching_not_the_base(tiny_task, tmp_path,
     monkeypatch.setenv("LOWDIM_BENCH_CACHE", str(blocked))
     model = tiny_task.pretrained("target", 0)
     assert tiny_task.evaluate(model, tiny_task.splits("target", 0)["train"]) >= 0.9
+
+
+def test_a_run_of_hf_text_cells_has_its_warm_server_import_transformers_once():
+    from lowdim_bench.core.cells import Cell
+    from lowdim_bench.registry import Registry
+    from lowdim_bench.run.runner import preload_modules
+
+    cells = [Cell(suite="t", suite_version="1", task="hf-text", task_options={}, method=m, hparams={}, kind="adapt",
+                  budget=0.01, knob=None, seed=0, device="cpu", measure=[], protocol={}) for m in ("lora", "peft-lora")]
+    got = preload_modules(cells, Registry.load())
+    assert "transformers.modeling_utils" in got and "peft" in got
+    assert preload_modules(cells[:1], Registry.load()) == HfText.preload

@@ -76,6 +76,27 @@ def test_a_server_serves_one_environment_and_one_version_of_the_plugin_source(tm
     assert warm.fingerprint() != again
 
 
+@needs_warm
+def test_a_server_preloads_the_plugins_heavy_modules_and_survives_a_broken_one(fake_plugins) -> None:
+    """`Task.preload`/`Method.preload` (transformers: ~5 s a cell): imported once in a server of
+    their own; one that raises at import is left for the cell to import and report."""
+    import warm_probe
+
+    names = ("xml.dom.minidom", "warm_probe_broken")
+    got = []
+    for preload in ((), names):
+        ctx = warm.context("warm", preload=preload)
+        q = ctx.Queue()
+        p = ctx.Process(target=warm_probe.modules_probe, args=(q, names), daemon=True)
+        p.start()
+        got.append(q.get(timeout=120))
+        p.join(30)
+        assert p.exitcode == 0
+    assert got[0]["xml.dom.minidom"] is False and got[1]["xml.dom.minidom"] is True
+    assert got[1]["warm_probe_broken"] is False
+    assert got[0]["ppid"] != got[1]["ppid"]  # another list, another server
+
+
 @pytest.mark.slow
 @needs_warm
 def test_the_server_imported_everything_and_initialised_no_cuda(fake_plugins, monkeypatch) -> None:

@@ -33,3 +33,8 @@ def cuda_probe(queue) -> None:
     except Exception as exc:  # reported to the test, not lost in a dead child
         value = f"{type(exc).__name__}: {exc}"
     queue.put({"value": value, "bad_fork": bad_fork})
+
+
+def modules_probe(queue, names) -> None:
+    """Which of `names` the child found imported (inherited from its server)."""
+    queue.put({n: n in sys.modules for n in names} | {"ppid": os.getppid()})

@@ -36,10 +36,12 @@ from .worker import REPORT_FAILED_EXIT, process_main
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a worker needs to know of the run: its id and folder (artefacts go under it)."""
+    """What a worker needs to know of the run: its id and folder (artefacts go under it), and the
+    heavy modules its cells import (`Task.preload`, `Method.preload`) for a warm server to preload."""
 
     run_id: str
     run_dir: Path
+    preload: tuple[str, ...] = ()
 
 
 class Executor(Protocol):
@@ -115,6 +117,8 @@ class LocalExecutor:
     def submit(self, cells: list[Cell], run: RunInfo) -> None:
         self._run = run
         self._pending.extend(cells)
+        if run.preload and self.start == "warm":  # a server that has imported them too
+            self._ctx = warm.context(self.start, run.preload)
 
     def cancel(self) -> None:
         self._stopped = True

@@ -62,11 +62,19 @@ class Reached:
 
 
 def groups(cells: list[Cell], ok: dict[str, Reached]) -> dict[str, list[Cell]]:
-    """Task -> its ok cells that measure latency with `interleave` on; only groups of two or more."""
+    """Task -> its ok cells that measure latency with `interleave` on; only groups of two or more.
+    `interleave_seeds = N` keeps the cells of the task's first N seeds: a deployed model's structure
+    does not depend on the seed, so more seeds add rounds of the same models (a slow real model
+    timed per seed took most of a run's interleaved pass)."""
     out: dict[str, list[Cell]] = {}
     for c in cells:
         if c.key in ok and "latency" in c.measure and c.protocol.get("interleave", True):
             out.setdefault(c.shown_task, []).append(c)
+    for task, cs in out.items():
+        n = int(cs[0].protocol.get("interleave_seeds", 0))
+        if n:
+            kept = set(sorted({c.seed for c in cs})[:n])
+            out[task] = [c for c in cs if c.seed in kept]
     return {t: cs for t, cs in out.items() if len(cs) >= 2}
 
 
@@ -161,9 +169,9 @@ def process_main(cell_dicts: list[dict], reached: dict[str, tuple], run_id: str,
 # ---- in the runner ---------------------------------------------------------------------------
 
 def run_group(cells: list[Cell], reached: dict[str, Reached], run_id: str, threads: int, device: str,
-              timeout_s: float) -> tuple[str, list[dict[str, Any]] | str]:
+              timeout_s: float, preload: tuple[str, ...] = ()) -> tuple[str, list[dict[str, Any]] | str]:
     """Time one task's cells in a fresh process. ("ok", records) or ("failed", reason)."""
-    ctx = warm.context()
+    ctx = warm.context(preload=preload)
     q = ctx.Queue()
     args = ([c.__dict__ for c in cells], {k: (r.knob, r.budget_reached) for k, r in reached.items()},
             run_id, q, threads, device, os.getpid())
@@ -196,7 +204,7 @@ def failure_record(task: str, run_id: str, reason: str) -> dict[str, Any]:
 
 def post_phase(store: Any, cells: list[Cell], ran: set[str], run_id: str, threads: int, device: str,
                progress: Callable[[str, int, int], None] = lambda key, i, n: None,
-               should_stop: Callable[[], bool] = lambda: False) -> int:
+               should_stop: Callable[[], bool] = lambda: False, preload: tuple[str, ...] = ()) -> int:
     """Time each task's ok cells interleaved and append the records to the store; returns groups timed.
 
     A task is (re)timed when one of its cells ran in this invocation (`ran`) or it has no
@@ -212,7 +220,8 @@ def post_phase(store: Any, cells: list[Cell], ran: set[str], run_id: str, thread
         key = group_key(task)
         progress(key, i, len(todo))
         timeout = max(c.timeout_s for c in group)
-        status, result = run_group(group, {c.key: reached[c.key] for c in group}, run_id, threads, device, timeout)
+        status, result = run_group(group, {c.key: reached[c.key] for c in group}, run_id, threads, device, timeout,
+                                   preload)
         recs = result if status == "ok" else [failure_record(task, run_id, result)]
         store.append_cell(key, secrets.token_hex(6), status, recs)
         progress(key, i + 1, len(todo))

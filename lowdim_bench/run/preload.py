@@ -1,5 +1,6 @@
 """What a warm server (run/warm.py) imports once, before it forks any cell: torch, the worker and
-everything it imports, the registry with every plugin. Imported in a server only, never in a
+everything it imports, the registry with every plugin, and the modules the run's tasks and
+methods name in `preload` (transformers, peft). Imported in a server only, never in a
 runner or a cell process; a forked cell finds the results here (`REGISTRY`).
 
 Rules kept here: the server computes nothing and never initialises CUDA (a plugin's import-time
@@ -13,6 +14,7 @@ import os
 import sys
 import threading
 from multiprocessing import forkserver
+from typing import Any
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # Heavy modules every cell imports lazily on its first training step or measurement (optimizers pull
@@ -21,18 +23,32 @@ NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 LAZY_IMPORTS = ("torch._dynamo", "torch.utils.flop_counter", "torch.profiler")
 
 
-def _parent_sys_path() -> list[str] | None:
-    """The starting process's sys.path, which multiprocessing hands to the server's main() (3.11
-    does not apply it), so plugins import from the same places as in a spawned worker."""
+def _server_argument(name: str) -> Any:
+    """An argument of the stdlib server's main() that called this import: `sys_path` (the starting
+    process's, which 3.11 does not apply, so plugins import from the same places as in a spawned
+    worker) or `preload` (the list this module is the first of)."""
     frame = sys._getframe()
     while frame is not None:
         if frame.f_code is forkserver.main.__code__:
-            return frame.f_locals.get("sys_path")
+            return frame.f_locals.get(name)
         frame = frame.f_back
     return None
 
 
-def _load() -> tuple[object, bool]:
+def _import_extras(names: list[str]) -> None:
+    """The plugins' `preload` modules (warm.EXTRA + name). Imported here rather than by the stdlib,
+    which stops the server on any error but ImportError: a broken module is the cell's to report."""
+    from .warm import EXTRA
+
+    for name in names:
+        if isinstance(name, str) and name.startswith(EXTRA):
+            try:
+                importlib.import_module(name[len(EXTRA):])
+            except Exception:
+                pass
+
+
+def _load(extras: list[str]) -> tuple[object, bool]:
     from ..registry import Registry
 
     saved = os.environ.get(NVML_CHECK)
@@ -51,6 +67,7 @@ def _load() -> tuple[object, bool]:
             registry = Registry.load()
         except BaseException:  # the child loads it itself and reports what is wrong
             registry = None
+        _import_extras(extras)
         return registry, torch.cuda.is_initialized()
     finally:
         if saved is None:
@@ -65,10 +82,10 @@ from . import lifetime  # noqa: E402 - the standard library only: armed before t
 # stdlib server still exits once it sees its alive pipe closed, after these imports.
 lifetime.die_with_parent(os.getppid(), watchdog=False)
 SERVER_PID = os.getpid()  # a forked cell's direct parent (warm.server_pid)
-_path = _parent_sys_path()
+_path = _server_argument("sys_path")
 if _path:
     sys.path[:] = _path
-REGISTRY, CUDA_INITIALISED = _load()
+REGISTRY, CUDA_INITIALISED = _load(_server_argument("preload") or [])
 # Python threads in the server after its imports: must stay 1 (native library threads, torch's and
 # polars', do not hold Python state and are not copied into a forked child).
 PYTHON_THREADS = threading.active_count()

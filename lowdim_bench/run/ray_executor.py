@@ -47,7 +47,8 @@ def import_ray() -> Any:
     return ray
 
 
-def run_cell(cell_dict: dict, run_id: str, run_dir: str, threads: int, device: str) -> Iterator[ev.Event]:
+def run_cell(cell_dict: dict, run_id: str, run_dir: str, threads: int, device: str,
+             preload: tuple[str, ...] = ()) -> Iterator[ev.Event]:
     """The body of a cell's Ray task (runs on a Ray worker): the cell in a fresh local process, with
     the local executor's limits and failure reasons, its events yielded as they come."""
     warm.prestart()
@@ -56,7 +57,7 @@ def run_cell(cell_dict: dict, run_id: str, run_dir: str, threads: int, device: s
     ray = import_ray()
     cell = Cell.from_dict(cell_dict)
     executor = LocalExecutor(device=device, jobs=1, threads=threads)
-    executor.submit([cell], RunInfo(run_id, Path(run_dir)))
+    executor.submit([cell], RunInfo(run_id, Path(run_dir), tuple(preload)))
     node = ray.util.get_node_ip_address()
     for event in executor.events(poll_s=0.2):
         if isinstance(event, ev.CellStarted):
@@ -128,7 +129,8 @@ class RayExecutor:
     def submit(self, cells: list[Cell], run: Any) -> None:
         from .executor import RunInfo
 
-        self._run = RunInfo(run.run_id, Path(run.run_dir).resolve())  # workers may have another cwd
+        # workers may have another cwd
+        self._run = RunInfo(run.run_id, Path(run.run_dir).resolve(), tuple(getattr(run, "preload", ())))
         self._pending.extend(cells)
 
     def cancel(self) -> None:
@@ -163,7 +165,7 @@ class RayExecutor:
         while self._pending and not self._stopped:
             cell = self._pending.pop(0)
             gen = self._remote.options(name=cell.label[:200], **options).remote(
-                cell.__dict__, self._run.run_id, str(self._run.run_dir), self.threads, device)
+                cell.__dict__, self._run.run_id, str(self._run.run_dir), self.threads, device, self._run.preload)
             self._tasks[cell.key] = _Task(cell, gen, time.monotonic())
 
     def _pull(self, task: _Task) -> Iterator[ev.Event]:

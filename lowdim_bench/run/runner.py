@@ -142,7 +142,8 @@ def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[st
         elif isinstance(e, ev.CellCancelled):
             pending.pop(e.key, None)
 
-    executor.submit(todo, RunInfo(run_id, store.dir))
+    preload = preload_modules(cells, registry)
+    executor.submit(todo, RunInfo(run_id, store.dir, preload))
     stopped = False
     try:
         for event in executor.events():
@@ -158,7 +159,8 @@ def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[st
     meta = store.meta()
     if completed:  # after every cell, so nothing else of the run competes for the cores
         interleave.post_phase(store, cells, {c.key for c in todo}, run_id, executor.threads, executor.slots[0],
-                              lambda key, i, n: bus.emit(ev.Progress(key, "interleaved latency", i, n)), should_stop)
+                              lambda key, i, n: bus.emit(ev.Progress(key, "interleaved latency", i, n)), should_stop,
+                              preload)
     outcomes = analyses.run_all(store, meta["suite"], registry, executor.slots[0]) if completed else []
     header = (f"# {meta['suite'].get('name')} (version {meta['suite'].get('version')}) - run {run_id}\n\n"
               f"{dt.datetime.now():%Y-%m-%d %H:%M}, {env['device_name']}, torch {env['torch_version']}, "
@@ -170,6 +172,18 @@ def _run(store: RunStore, cells: list[Cell], done: set[str], suite_meta: dict[st
     ok_total = cell_status.count("ok")
     bus.emit(ev.RunFinished(run_id, str(store.dir), ok_total, failed_total, cancelled=not completed))
     return RunResult(store.dir, ok_total, failed_total, not completed)
+
+
+def preload_modules(cells: list[Cell], registry: Registry) -> tuple[str, ...]:
+    """The modules the cells' tasks and methods ask a warm server to import (`preload`)."""
+    names: set[str] = set()
+    for c in cells:
+        for lookup, name in ((registry.task, c.task), (registry.method, c.method)):
+            try:
+                names.update(getattr(lookup(name).cls, "preload", ()))
+            except UnknownName:
+                pass  # the cell fails with the clear error
+    return tuple(sorted(names))
 
 
 EXECUTORS = ("local", "ray")

@@ -36,8 +36,10 @@ from typing import Any
 
 ENV_START = "LOWDIM_BENCH_START"
 STARTS = ("warm", "spawn")
-# Imported in every server before it forks: `preload` imports torch, the worker and the registry.
+# Imported in every server before it forks: `preload` imports torch, the worker and the registry,
+# then the plugins' own heavy modules, which ride in the list as names it recognises (EXTRA).
 PRELOAD = ["lowdim_bench.run.preload"]
+EXTRA = "lowdim-bench-extra:"  # not a module name: the stdlib's own import of it fails quietly
 # Environment variables read while the server imports (plugin selection, the import path, thread
 # pools and allocators set up at library load): a change needs another server. Every other
 # variable is read at run time, and a child gets the starting process's current ones.
@@ -57,12 +59,14 @@ def start_method(requested: str | None = None) -> str:
     return chosen if chosen == "spawn" or available() else "spawn"
 
 
-def context(start: str | None = None) -> Any:
+def context(start: str | None = None, preload: tuple[str, ...] = ()) -> Any:
     """A multiprocessing context whose processes start the chosen way (a warm server is started now,
-    so its imports overlap with whatever the caller does before its first process)."""
+    so its imports overlap with whatever the caller does before its first process). `preload`:
+    more modules the server imports before it forks (the cells' `Task.preload`/`Method.preload`:
+    transformers alone is 8 s a cell); a server per distinct list."""
     if start_method(start) == "spawn":
         return mp.get_context("spawn")
-    return WarmContext(fingerprint())
+    return WarmContext(fingerprint(), tuple(sorted(set(preload))))
 
 
 def prestart() -> None:
@@ -124,14 +128,16 @@ _retired: list[int] = []
 _lock = threading.Lock()
 
 
-def server(key: str) -> forkserver.ForkServer:
-    """The running server for a fingerprint, started when there is none (it then imports in the
-    background: the caller's first process waits for it, nothing else does)."""
+def server(key: str, preload: tuple[str, ...] = ()) -> forkserver.ForkServer:
+    """The running server for a fingerprint and preload list, started when there is none (it then
+    imports in the background: the caller's first process waits for it, nothing else does). A
+    preloaded module that fails to import is skipped (the stdlib's rule): the cell imports it."""
+    key = key + "".join(f"+{m}" for m in preload)
     with _lock:
         srv = _servers.pop(key, None)
         if srv is None:
             srv = forkserver.ForkServer()
-            srv.set_forkserver_preload(PRELOAD)
+            srv.set_forkserver_preload(PRELOAD + [EXTRA + m for m in preload])
         _servers[key] = srv
         while len(_servers) > MAX_SERVERS:
             _retire(_servers.pop(next(iter(_servers))))
@@ -167,7 +173,7 @@ class _WarmPopen(popen_forkserver.Popen):
     method = "forkserver"
 
     def _launch(self, process_obj: "WarmProcess") -> None:
-        srv = server(process_obj.warm_key)
+        srv = server(process_obj.warm_key, process_obj.warm_preload)
         process_obj.warm_env = dict(os.environ)  # as a spawned child would see it (CUDA_VISIBLE_DEVICES, ...)
         prep_data = spawn.get_preparation_data(process_obj._name)
         # Our target never lives in __main__, so the child need not run the main script or module
@@ -191,6 +197,7 @@ class _WarmPopen(popen_forkserver.Popen):
 
 class WarmProcess(mp_context.ForkServerProcess):
     warm_key = ""  # set per instance by WarmContext; a plain string, so the process pickles
+    warm_preload: tuple[str, ...] = ()
     warm_env: dict[str, str] | None = None  # the starting process's environment when it started this one
 
     @staticmethod
@@ -207,14 +214,14 @@ class WarmProcess(mp_context.ForkServerProcess):
 class WarmContext(mp_context.ForkServerContext):
     """Like mp.get_context("forkserver"), with this module's server for one fingerprint."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, preload: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.key = key
-        server(key)  # start importing now
+        self.key, self.preload = key, preload
+        server(key, preload)  # start importing now
 
     def Process(self, *args: Any, **kwargs: Any) -> WarmProcess:  # noqa: N802 - multiprocessing's name
         proc = WarmProcess(*args, **kwargs)
-        proc.warm_key = self.key
+        proc.warm_key, proc.warm_preload = self.key, self.preload
         return proc
 
 

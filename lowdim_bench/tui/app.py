@@ -88,6 +88,7 @@ class LowdimApp(ResultsActions, App[int]):
         self.headless_pid: int | None = None
         self.view_source = "live"  # "live" or the run id shown in the table
         self.live_table: model.TableData | None = None
+        self._live_stale = False  # live rows arrived while the Results tab was hidden (results_table)
         self._filter_timer: Any = None
         self._chart_timer: Any = None
         self._runs_signature: tuple | None = None
@@ -247,7 +248,7 @@ class LowdimApp(ResultsActions, App[int]):
         panel.reset()
         panel.jobs = jobs
         panel.update_state(self.session.state)
-        self.view_source, self.live_table = "live", None
+        self.view_source, self.live_table, self._live_stale = "live", None, False
         self.query_one(ResultsTable).set_data(model.TableData([], [], {}))
         setup.set_running(True)
         self.sub_title = f"running {meta['name']}: {len(cells)} cells"
@@ -276,7 +277,9 @@ class LowdimApp(ResultsActions, App[int]):
         if u.table is not None:
             self.live_table = u.table
             if self.view_source == "live":
-                self.query_one(ResultsTable).set_data(u.table)
+                self._live_stale = True
+                if self.query_one(TabbedContent).active == "tab-results":
+                    self.results_table()
         if u.state.state in ("finished", "cancelled", "error"):
             self.sub_title = f"{u.state.state}: {u.state.done}/{u.state.total} cells, {u.state.failed} failed"
 
@@ -312,6 +315,19 @@ class LowdimApp(ResultsActions, App[int]):
         pane = event.pane
         if self.focused is None or pane not in self.focused.ancestors:
             self.focus_main(pane.id)
+        if pane.id == "tab-results" and self._live_stale:
+            self.call_after_refresh(self.results_table)  # the switch paints first, the new rows next
+
+    def results_table(self) -> ResultsTable:
+        """The Results table, brought up to date first. Live rows that arrive while the tab is
+        hidden wait here: rebuilding a hidden table and its charts on every finished cell took
+        the UI thread from the keys and tab switches of the tab in view."""
+        table = self.query_one(ResultsTable)
+        if self._live_stale:
+            self._live_stale = False
+            if self.view_source == "live" and self.live_table is not None:
+                table.set_data(self.live_table)
+        return table
 
     def focus_main(self, pane_id: str | None) -> None:
         """The tab's main widget, or the tab strip when it cannot take the focus (an empty table)."""

@@ -133,8 +133,13 @@ def smallest_batch_latency(row: Any) -> float | None:
 
 
 def batch_latencies(row: Any) -> list[tuple[int, float]]:
-    return sorted((int(c.rsplit("@bs", 1)[1]), v * 1e3) for c, v in row.values.items()
-                  if c.startswith("latency_p50[inference]@bs") and fmt.is_num(v))
+    """(batch size, p50 ms): the cell's own timing, else the interleaved pass's (table.inference_p50)."""
+    for phase in ("[inference]", "[inference_interleaved]"):
+        pts = sorted((int(c.rsplit("@bs", 1)[1]), v * 1e3) for c, v in row.values.items()
+                     if c.startswith(f"latency_p50{phase}@bs") and fmt.is_num(v))
+        if pts:
+            return pts
+    return []
 
 
 # ---- quality vs a cost --------------------------------------------------------------------------------

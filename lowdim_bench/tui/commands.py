@@ -7,7 +7,6 @@ from textual.command import DiscoveryHit, Hit, Provider
 
 from . import model
 from .widgets.reports import RunsTable
-from .widgets.results import ResultsTable
 
 
 class AppCommands(Provider):
@@ -41,7 +40,7 @@ def palette_commands(app: Any) -> list[tuple[str, Callable[[], Any], str]]:
         cmds.append((f"Run suite {info.name}", lambda info=info: app.run_suite(info), str(info.path)))
     for run in app.query_one(RunsTable).runs:
         cmds.append((f"Open report {run.run_id}", lambda run=run: app.open_run(run), f"{run.suite}, {run.status}"))
-    table = app.query_one(ResultsTable)
+    table = app.results_table()
     for col, header in table.data.columns if table.data else []:
         if col != "mark":
             cmds.append((f"Sort by {header}", lambda col=col: app.action_sort(col), ""))

@@ -45,7 +45,7 @@ class ResultsActions:
             getattr(w, method)(*args)
 
     def on_results_table_detail_requested(self, event: ResultsTable.DetailRequested) -> None:
-        data = self.query_one(ResultsTable).data
+        data = self.results_table().data
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
@@ -70,10 +70,10 @@ class ResultsActions:
 
     def action_sort(self, column: str) -> None:
         self.show_tab("tab-results")
-        self.query_one(ResultsTable).sort_by(column)
+        self.results_table().sort_by(column)
 
     def action_show_live(self) -> None:
-        self.view_source = "live"
+        self.view_source, self._live_stale = "live", False
         self.query_one(ResultsTable).set_data(self.live_table or model.TableData([], [], {}))
         self.show_tab("tab-results")
 
@@ -115,7 +115,7 @@ class ResultsActions:
         self.query_one(RunsTable).action_compare()
 
     def action_export(self) -> None:
-        table = self.query_one(ResultsTable)
+        table = self.results_table()
         if not table.shown or table.data is None:
             self.notify("nothing to export: open a run or start one", severity="warning")
             return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from . import fmt
 
@@ -65,14 +65,24 @@ def columns(names: list[str]) -> list[tuple[str, str]]:
     cols = [("mark", ""), ("task", "task"), ("kind", "kind"), ("method", "method"), ("size", "budget"),
             ("budget_reached", "reached"), ("quality", "quality"), ("quality_ci95", "±95%"), ("n_seeds", "seeds"),
             ("params_trainable", "trainable"), ("params_stored", "stored"), ("flops_forward", "FLOPs/sample")]
-    for c in sorted((c for c in names if c.startswith("latency_p50[inference]@bs")), key=_bs):
-        cols.append((c, f"p50 ms bs{_bs(c)}"))
+    for c in inference_p50(names):
+        cols.append((c, f"p50 ms bs{_bs(c)}" + (" AB" if INTERLEAVED in c else "")))
         ratio = f"latency_ratio{INTERLEAVED}@bs{_bs(c)}"
         if ratio in have:
             cols.append((ratio, f"×ref bs{_bs(c)}"))
     cols += [(c, "train peak MiB") for c in names if c.startswith("memory_peak[train_step]")]
     cols += [("status", "status")]
     return [(c, h) for c, h in cols if c in have or c in ("mark", "status")]
+
+
+def inference_p50(names: Iterable[str]) -> list[str]:
+    """The inference p50 columns by batch size: each cell's own timing, or, in a run that left
+    inference to the interleaved pass (`cell_inference_latency = false`), the pass's ("AB")."""
+    for phase in ("[inference]", INTERLEAVED):
+        cols = sorted((c for c in names if c.startswith(f"latency_p50{phase}@bs")), key=_bs)
+        if cols:
+            return cols
+    return []
 
 
 def cell_text(col: str, v: Any) -> str:
@@ -186,7 +196,7 @@ def sort_cycle(data: TableData) -> list[tuple[str, str]]:
     """What `s` steps through, each best first: quality, parameters, latency (smallest batch),
     training memory, then the table's own order."""
     names = [c for c, _ in data.columns]
-    latency = [c for c in names if c.startswith("latency_p50[inference]@bs")]
+    latency = inference_p50(names)
     memory = [c for c in names if c.startswith("memory_peak")]
     out = [("quality", "quality")] if "quality" in names else []
     out += [(PARAMS, "parameters")] if any(c.startswith("params_") for c in names) else []

@@ -85,6 +85,7 @@ class PeftMethod(Method):
     identity_at_init = True
     layer_types: ClassVar[tuple[type, ...]] = (nn.Linear, nn.Conv2d)
     min_version: ClassVar[tuple[int, ...]] = MIN_PEFT
+    preload = ("peft",)  # a warm server imports it once for the run, not once per cell
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)

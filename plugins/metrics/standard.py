@@ -62,7 +62,8 @@ class FlopsMetric(Metric):
 
 class LatencyMetric(Metric):
     name = "latency"
-    description = "Per-call wall time after warm-up: p50/p90/p99 and spread, inference per batch size and one training step."
+    description = ("Per-call wall time after warm-up: p50/p90/p99 and spread, inference per batch size (unless the "
+                   "protocol leaves it to the interleaved pass) and one training step.")
 
     def measure(self, ctx: MeasureContext) -> list[Measurement]:
         p = ctx.protocol
@@ -90,7 +91,8 @@ class LatencyMetric(Metric):
                 out.extend(roofline_measurements(roofline.bound(work[0], work[1], cal, stats.p50), phase, bs))
 
         model = ctx.inference_model.eval()
-        for bs in p["batch_sizes"]:
+        # `cell_inference_latency = false`: the interleaved pass (the comparable figure) times inference
+        for bs in p["batch_sizes"] if p.get("cell_inference_latency", True) else []:
             inputs = ctx.example_inputs(int(bs))
             seq = ctx.task.sequence_length(inputs)
             stats = latency.time_inference(model, inputs, warmup, repeats, ctx.device, cap)

@@ -66,7 +66,7 @@ def test_complete_run_fills_table_and_charts(tmp_path, fake_plugins):
 def check_complete_run(app) -> None:
     state = app.session.state
     assert (state.state, state.done, state.total, state.failed) == ("finished", 4, 4, 0)
-    table = app.query_one(ResultsTable)
+    table = app.results_table()  # what the Results tab shows once opened (live rows wait while it is hidden)
     groups = {r.group for r in table.shown}
     cells = {("tiny", "adapt", "fake-head", "full"), ("tiny", "compress", "fake-width", "0.5")}
     assert groups == cells | {("tiny", "adapt", report.BEFORE, "full")}  # the base on the target, per seed
@@ -84,6 +84,35 @@ def check_complete_run(app) -> None:
     on_disk = report.load(state.run_dir)
     assert on_disk.filter(pl.col("metric") == "quality").height == 4
     assert json.loads((Path(state.run_dir) / "run.json").read_text())["status"] == "finished"
+
+
+def test_live_rows_wait_while_the_results_tab_is_hidden(tmp_path, fake_plugins):
+    """A run's table update rebuilds the Results table (and its charts) only when that tab is in
+    view, or after the switch to it has painted: hidden, it cost the tab in view its keys."""
+    from helpers import grid_records
+    from lowdim_bench.tui import model
+    from lowdim_bench.tui.app import RunUpdated
+    from lowdim_bench.tui.session import RunState, Update
+
+    app = make_app(tmp_path)
+    rows = model.table_data(grid_records("r-live"))
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.catalog is not None, 60, "catalog")
+            table = app.query_one(ResultsTable)
+            app.show_tab("tab-run")
+            app.post_message(RunUpdated(Update(RunState("running"), [], rows)))
+            await pilot.pause(0.2)
+            assert table.data is None and app.live_table is rows  # kept, not painted
+            await pilot.press("3")
+            await until(pilot, lambda: table.data is rows, 10, "the rows after the switch")
+            assert len(table.shown) == len(rows.rows)
+            more = model.table_data(grid_records("r-live")[:40])
+            app.post_message(RunUpdated(Update(RunState("running"), [], more)))
+            await until(pilot, lambda: table.data is more, 10, "rows in view at once")
+
+    asyncio.run(go())
 
 
 def _slow_run(tmp_path, monkeypatch, choice: str):

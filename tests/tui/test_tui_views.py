@@ -80,6 +80,23 @@ def test_table_has_human_units_marks_and_interleaved_ratios(grid):
     assert small["mark"] == "★"
 
 
+def test_a_run_timing_inference_interleaved_only_shows_those_figures():
+    """`cell_inference_latency = false`: no per-cell inference p50; the table, the sort and the
+    latency-by-batch chart take the interleaved pass's."""
+    recs = []
+    for r in grid_records("r-ab"):
+        if r["metric"] == "latency_p50" and r["phase"] == "inference":
+            if r["batch_size"] == 8:
+                continue
+            r = {**r, "phase": "inference_interleaved"}
+        recs.append(r)
+    data = model.table_data(recs)
+    headers = [h for _, h in data.columns]
+    assert "p50 ms bs1 AB" in headers and headers.index("×ref bs1") == headers.index("p50 ms bs1 AB") + 1
+    assert ("latency_p50[inference_interleaved]@bs1", "latency") in table.sort_cycle(data)
+    assert [b for b, _ in cd.batch_latencies(row(data, "fake-head", "adapt", "0.1"))] == [1, 64]
+
+
 def test_sort_keys_people_use_come_first(grid):
     assert [k for k, _ in table.sort_cycle(grid)][:2] == ["quality", table.PARAMS]
     by_params = table.sort_rows(grid.rows, table.PARAMS, False)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.strip import Strip
 from textual.widgets import ProgressBar, RichLog, Static
 
 from ..session import LogLine, RunState
@@ -22,6 +24,25 @@ def fmt_duration(s: float | None) -> str:
         return "–"
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class RunLog(RichLog):
+    """A RichLog that works out its line style once per style change instead of once per line:
+    `rich_style` walks the ancestors' colours, and every tab switch re-renders each visible line
+    (the switch restyles the tab, which empties the line cache)."""
+
+    _line_style: Style | None = None
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._line_style = None
+
+    def render_line(self, y: int) -> Strip:
+        if self._line_style is None:
+            self._line_style = self.rich_style
+        scroll_x, scroll_y = self.scroll_offset
+        line = self._render_line(scroll_y + y, scroll_x, self.scrollable_content_region.width)
+        return line.apply_style(self._line_style)
 
 
 class RunPanel(Vertical):
@@ -37,7 +58,7 @@ class RunPanel(Vertical):
         yield Static("idle: pick a suite on the Setup tab and press F5", id="run-state")
         yield ProgressBar(total=1, show_eta=False, id="run-progress")
         yield Static("", id="run-current", markup=False)
-        yield RichLog(id="log", wrap=True, markup=False, max_lines=5000)
+        yield RunLog(id="log", wrap=True, markup=False, max_lines=5000)
 
     def update_state(self, state: RunState) -> None:
         """Up to ten times a second mid-run: repaint only what changed (an update of a Static
