@@ -19,20 +19,16 @@ from typing import Any, Callable
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Header, Input, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
-from . import chartdata, model
+from . import model
 from .commands import AppCommands, palette_commands
 from .results_actions import ResultsActions
-from .screens.modals import HelpScreen, QuitScreen
-from .screens.views import PluginsScreen
 from .session import RunSession, Update, finish_headless, prepare_processes
 from .widgets.footer import QuietFooter
-from .widgets.reports import ReportsPane, RunsTable
-from .widgets.results import ResultsTable
-from .widgets.run_panel import RunPanel
 from .widgets.setup import SetupPane
 
 TABS = ["tab-setup", "tab-run", "tab-results", "tab-reports"]
@@ -99,15 +95,25 @@ class LowdimApp(ResultsActions, App[int]):
         with TabbedContent(id="tabs"):
             with TabPane("Setup", id="tab-setup"):
                 yield SetupPane(id="setup")
-            with TabPane("Run", id="tab-run"):
-                yield RunPanel(id="run-panel")
-            with TabPane("Results", id="tab-results"):
-                yield Input(placeholder="filter: words match task, kind, method, budget  ( / )   ·  s sort  k next kind  "
-                            "c chart  enter detail", id="filter")
-                yield ResultsTable(id="results-table")  # the charts follow after the first frame
-            with TabPane("Reports", id="tab-reports"):
-                yield ReportsPane(id="reports")
+            # The other tabs are filled after the first frame (mount_tabs): their widgets, modules
+            # and styles were a tenth of the time to first paint, for tabs nobody sees yet.
+            yield TabPane("Run", id="tab-run")
+            yield TabPane("Results", id="tab-results")
+            yield TabPane("Reports", id="tab-reports")
         yield QuietFooter()
+
+    def mount_tabs(self) -> None:
+        from .widgets.chart_pane import ChartPane
+        from .widgets.reports import ReportsPane
+        from .widgets.results import ResultsTable
+        from .widgets.run_panel import RunPanel
+
+        self.query_one("#tab-run").mount(RunPanel(id="run-panel"))
+        self.query_one("#tab-results").mount_all([
+            Input(placeholder="filter: words match task, kind, method, budget  ( / )   ·  s sort  k next kind  "
+                  "c chart  enter detail", id="filter"),
+            ResultsTable(id="results-table"), ChartPane(id="charts")])
+        self.query_one("#tab-reports").mount(ReportsPane(id="reports"))
 
     def on_mount(self) -> None:
         self.sub_title = "loading plugins…"
@@ -123,21 +129,9 @@ class LowdimApp(ResultsActions, App[int]):
         # start-up objects are never scanned again.
         gc.freeze()
         gc.enable()
+        self.mount_tabs()
         self.load_catalog()
         self.load_runs()
-        self.mount_charts()
-
-    def mount_charts(self) -> None:
-        """The chart pane (plotext and its plots) after the first frame: it is not on the first
-        tab, and importing and composing it was a tenth of the time to first paint."""
-        from .widgets.chart_pane import ChartPane
-
-        pane = ChartPane(id="charts")
-        self.query_one("#tab-results").mount(pane)
-        table = self.query_one(ResultsTable)
-        if table.data is not None:
-            pane.show_rows(table.shown, table.selected(), chartdata.method_colors(table.data.rows),
-                           table.data.records)
 
     @property
     def running(self) -> bool:
@@ -145,7 +139,7 @@ class LowdimApp(ResultsActions, App[int]):
 
     def tick(self) -> None:
         if self.running:
-            self.query_one(RunPanel).refresh_status()
+            self.query_one("#run-panel").refresh_status()
 
     # ---- background loading -------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="catalog")
@@ -170,7 +164,7 @@ class LowdimApp(ResultsActions, App[int]):
     def load_runs(self) -> None:
         self._runs_signature = model.runs_signature(self.reports_dir)
         runs = model.list_runs(self.reports_dir)
-        self.call_from_thread(self._each, RunsTable, "set_runs", runs)
+        self.call_from_thread(self._each, "#runs", "set_runs", runs)
 
     @work(thread=True, exclusive=True, group="poll")
     def poll_runs(self) -> None:
@@ -179,7 +173,7 @@ class LowdimApp(ResultsActions, App[int]):
         if model.runs_signature(self.reports_dir) != self._runs_signature:
             self.call_from_thread(self.load_runs)
 
-    def on_runs_table_reload(self, _: RunsTable.Reload) -> None:
+    def on_runs_table_reload(self, _: Any) -> None:
         self.load_runs()
 
     # ---- setup --------------------------------------------------------------------------------
@@ -244,12 +238,12 @@ class LowdimApp(ResultsActions, App[int]):
             return
         self.session = RunSession(cells, meta, self.registry, self.reports_dir, sel.device, jobs,
                                   post=lambda u: self.post_message(RunUpdated(u)))
-        panel = self.query_one(RunPanel)
+        panel = self.query_one("#run-panel")
         panel.reset()
         panel.jobs = jobs
         panel.update_state(self.session.state)
         self.view_source, self.live_table, self._live_stale = "live", None, False
-        self.query_one(ResultsTable).set_data(model.TableData([], [], {}))
+        self.query_one("#results-table").set_data(model.TableData([], [], {}))
         setup.set_running(True)
         self.sub_title = f"running {meta['name']}: {len(cells)} cells"
         self.show_tab("tab-run")
@@ -261,17 +255,17 @@ class LowdimApp(ResultsActions, App[int]):
             return
         self.session.cancel()
         self.session.state.state = "stopping"
-        self.query_one(RunPanel).update_state(self.session.state)
+        self.query_one("#run-panel").update_state(self.session.state)
         self.notify("stopping: the cells in flight stop, finished records stay on disk")
 
     def on_run_updated(self, message: RunUpdated) -> None:
         u = message.update
         if self.session is not None and self.session.stop_event.is_set() and u.state.state == "running":
             u.state.state = "stopping"
-        panel = self.query_one(RunPanel)
+        panel = self.query_one("#run-panel")
         panel.update_state(u.state)
         panel.add_lines(u.log)
-        if u.state.run_id and not any(r.run_id == u.state.run_id for r in self.query_one(RunsTable).runs) \
+        if u.state.run_id and not any(r.run_id == u.state.run_id for r in self.query_one("#runs").runs) \
                 and self._runs_signature is not None:
             self._runs_signature = None  # the run folder exists now: list it at the next poll
         if u.table is not None:
@@ -318,11 +312,11 @@ class LowdimApp(ResultsActions, App[int]):
         if pane.id == "tab-results" and self._live_stale:
             self.call_after_refresh(self.results_table)  # the switch paints first, the new rows next
 
-    def results_table(self) -> ResultsTable:
+    def results_table(self) -> Any:
         """The Results table, brought up to date first. Live rows that arrive while the tab is
         hidden wait here: rebuilding a hidden table and its charts on every finished cell took
         the UI thread from the keys and tab switches of the tab in view."""
-        table = self.query_one(ResultsTable)
+        table = self.query_one("#results-table")
         if self._live_stale:
             self._live_stale = False
             if self.view_source == "live" and self.live_table is not None:
@@ -330,10 +324,14 @@ class LowdimApp(ResultsActions, App[int]):
         return table
 
     def focus_main(self, pane_id: str | None) -> None:
-        """The tab's main widget, or the tab strip when it cannot take the focus (an empty table)."""
+        """The tab's main widget, or the tab strip when it cannot take the focus (an empty table,
+        or a tab whose widgets are not mounted yet: a key within the first frames)."""
         if pane_id in MAIN_WIDGET:
-            widget = self.query_one(MAIN_WIDGET[pane_id])
-            (widget if widget.focusable else self.query_one(TabbedContent).query_one(Tabs)).focus()
+            try:
+                widget = self.query_one(MAIN_WIDGET[pane_id])
+            except NoMatches:
+                widget = None
+            (widget if widget is not None and widget.focusable else self.query_one(TabbedContent).query_one(Tabs)).focus()
 
     def action_focus_main(self) -> None:
         self.focus_main(self.query_one(TabbedContent).active)
@@ -342,9 +340,13 @@ class LowdimApp(ResultsActions, App[int]):
         if self.catalog is None:
             self.notify("plugins are still loading")
             return
+        from .screens.views import PluginsScreen
+
         self.push_screen(PluginsScreen(self.catalog))
 
     def action_help(self) -> None:
+        from .screens.modals import HelpScreen
+
         self.push_screen(HelpScreen())
 
     def run_suite(self, info: model.SuiteInfo) -> None:
@@ -359,6 +361,8 @@ class LowdimApp(ResultsActions, App[int]):
         if not self.running:
             self.exit(0)
             return
+        from .screens.modals import QuitScreen
+
         self.push_screen(QuitScreen(self.session.state.run_dir or str(self.reports_dir)), self.quit_choice)
 
     def quit_choice(self, choice: str | None) -> None:

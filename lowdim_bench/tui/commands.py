@@ -6,7 +6,6 @@ from typing import Any, Callable
 from textual.command import DiscoveryHit, Hit, Provider
 
 from . import model
-from .widgets.reports import RunsTable
 
 
 class AppCommands(Provider):
@@ -38,7 +37,7 @@ def palette_commands(app: Any) -> list[tuple[str, Callable[[], Any], str]]:
     cmds += [(f"Show chart: {name}", lambda i=i: app.action_show_chart(i), "") for i, name in enumerate(model.CHARTS)]
     for info in app.catalog.suites if app.catalog else []:
         cmds.append((f"Run suite {info.name}", lambda info=info: app.run_suite(info), str(info.path)))
-    for run in app.query_one(RunsTable).runs:
+    for run in app.query_one("#runs").runs:
         cmds.append((f"Open report {run.run_id}", lambda run=run: app.open_run(run), f"{run.suite}, {run.status}"))
     table = app.results_table()
     for col, header in table.data.columns if table.data else []:

@@ -12,11 +12,6 @@ from textual import work
 from textual.widgets import Input, TabbedContent
 
 from . import chartdata, model
-from .screens.modals import TextScreen
-from .screens.views import CompareScreen, DetailScreen
-from .widgets.reports import RunsTable
-from .widgets.results import ResultsTable
-from .widgets.run_panel import RunPanel
 
 
 class ResultsActions:
@@ -27,29 +22,31 @@ class ResultsActions:
         if event.input.id == "filter":
             if self._filter_timer is not None:
                 self._filter_timer.stop()
-            self._filter_timer = self.set_timer(0.05, lambda v=event.value: self._each(ResultsTable, "set_filter", v))
+            self._filter_timer = self.set_timer(0.05, lambda v=event.value: self._each("#results-table", "set_filter", v))
 
-    def on_results_table_rows_changed(self, event: ResultsTable.RowsChanged) -> None:
+    def on_results_table_rows_changed(self, event: Any) -> None:
         """Charts redraw 150 ms after the last change (cursor moves, filter, new records)."""
         if self._chart_timer is not None:
             self._chart_timer.stop()
-        data = self.query_one(ResultsTable).data
+        data = self.query_one("#results-table").data
         colors = chartdata.method_colors(data.rows if data else event.rows)  # stable while filtering
         records = data.records if data else {}
         self._chart_timer = self.set_timer(0.15, lambda e=event: self._each("#charts", "show_rows", e.rows, e.selected,
                                                                             colors, records))
 
-    def _each(self, widget: type, method: str, *args: Any) -> None:
+    def _each(self, selector: str, method: str, *args: Any) -> None:
         """A deferred call; the widget may be gone when the app is closing."""
-        for w in self.query(widget):
+        for w in self.query(selector):
             getattr(w, method)(*args)
 
-    def on_results_table_detail_requested(self, event: ResultsTable.DetailRequested) -> None:
+    def on_results_table_detail_requested(self, event: Any) -> None:
+        from .screens.views import DetailScreen
+
         data = self.results_table().data
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
-        if isinstance(self.screen, CompareScreen):  # `/` is a priority key: the screen's own filter
+        if type(self.screen).__name__ == "CompareScreen":  # `/` is a priority key: the screen's own filter
             self.screen.action_focus_filter()
             return
         self.query_one("#filter", Input).focus()
@@ -74,18 +71,20 @@ class ResultsActions:
 
     def action_show_live(self) -> None:
         self.view_source, self._live_stale = "live", False
-        self.query_one(ResultsTable).set_data(self.live_table or model.TableData([], [], {}))
+        self.query_one("#results-table").set_data(self.live_table or model.TableData([], [], {}))
         self.show_tab("tab-results")
 
     def action_traceback(self) -> None:
-        failures = self.query_one(RunPanel).failures
+        failures = self.query_one("#run-panel").failures
         if not failures:
             self.notify("no failure in this run")
             return
+        from .screens.modals import TextScreen
+
         self.push_screen(TextScreen(failures[-1].text, failures[-1].traceback))
 
     # ---- reports ------------------------------------------------------------------------------
-    def on_runs_table_open(self, event: RunsTable.Open) -> None:
+    def on_runs_table_open(self, event: Any) -> None:
         self.open_run(event.run)
 
     @work(thread=True, exclusive=True, group="open")
@@ -99,20 +98,22 @@ class ResultsActions:
 
     def show_past_run(self, run: model.RunInfo, data: model.TableData) -> None:
         self.view_source = run.run_id
-        self.query_one(ResultsTable).set_data(data)
+        self.query_one("#results-table").set_data(data)
         self.show_tab("tab-results")
         self.sub_title = f"viewing {run.run_id} ({run.status}, {len(data.rows)} rows)"
 
-    def on_runs_table_compare(self, event: RunsTable.Compare) -> None:
+    def on_runs_table_compare(self, event: Any) -> None:
         self.compare_runs(event.a, event.b)
 
     @work(thread=True, exclusive=True, group="compare")
     def compare_runs(self, a: model.RunInfo, b: model.RunInfo) -> None:
+        from .screens.views import CompareScreen
+
         rows = model.compare_rows(a.path, b.path)
         self.call_from_thread(self.push_screen, CompareScreen(a, b, rows))
 
     def action_compare_marked(self) -> None:
-        self.query_one(RunsTable).action_compare()
+        self.query_one("#runs").action_compare()
 
     def action_export(self) -> None:
         table = self.results_table()

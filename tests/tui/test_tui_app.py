@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from textual.widgets import TabbedContent
 
 from helpers import SLOW, TINY, fixed_registry, fixed_run, write
 from lowdim_bench import report
@@ -84,6 +85,30 @@ def check_complete_run(app) -> None:
     on_disk = report.load(state.run_dir)
     assert on_disk.filter(pl.col("metric") == "quality").height == 4
     assert json.loads((Path(state.run_dir) / "run.json").read_text())["status"] == "finished"
+
+
+def test_the_first_frame_builds_the_setup_tab_only_and_the_other_tabs_follow(tmp_path, fake_plugins, monkeypatch):
+    """What nobody sees yet waits for the first frame: the Run, Results and Reports tabs (their
+    widgets, modules and styles) are mounted right after it."""
+    app = make_app(tmp_path)
+    before = {}
+    real = LowdimApp.mount_tabs
+
+    def spy(self):
+        before["tabs"] = {t: len(self.query_one(f"#{t}").children) for t in ("tab-setup", "tab-run", "tab-results",
+                                                                              "tab-reports")}
+        real(self)
+
+    monkeypatch.setattr(LowdimApp, "mount_tabs", spy)
+
+    async def go():
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.query("#runs") and app.query("#log") and app.query("#charts"), 30, "tabs")
+            assert before["tabs"] == {"tab-setup": 1, "tab-run": 0, "tab-results": 0, "tab-reports": 0}
+            await pilot.press("3")
+            assert app.query_one(TabbedContent).active == "tab-results"
+
+    asyncio.run(go())
 
 
 def test_live_rows_wait_while_the_results_tab_is_hidden(tmp_path, fake_plugins):
