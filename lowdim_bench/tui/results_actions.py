@@ -46,8 +46,9 @@ class ResultsActions:
         self.push_screen(DetailScreen(event.row, data.records.get(event.row.group, []) if data else []))
 
     def action_focus_filter(self) -> None:
-        if type(self.screen).__name__ == "CompareScreen":  # `/` is a priority key: the screen's own filter
-            self.screen.action_focus_filter()
+        own = getattr(self.screen, "action_focus_filter", None)  # `/` is a priority key: a screen's own filter
+        if own is not None:
+            own()
             return
         self.query_one("#filter", Input).focus()
         self.query_one(TabbedContent).active = "tab-results"

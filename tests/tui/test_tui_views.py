@@ -164,18 +164,3 @@ def test_compare_puts_headline_metrics_first_and_uses_the_gate(tmp_path):
         "fake-head" in r.text and "latency" in r.text[4] for r in runs.filter_compare(rows, "head latency", False, False))
     assert not hasattr(runs, "REGRESSION_TOLERANCE")  # the gate's rule, not the app's own
 
-
-def test_chart_text_keeps_every_character_s_style_in_fewer_spans():
-    from rich.text import Text
-
-    from lowdim_bench.tui.widgets.charts import merged
-
-    ansi = "\x1b[31ma\x1b[31mb\x1b[0mc\x1b[32md\x1b[32me\x1b[1;32mf\nf\x1b[32mg"
-    before = Text.from_ansi(ansi)
-    after = merged(Text.from_ansi(ansi))
-
-    def styles(t):
-        return [[s.style for s in t.spans if s.start <= i < s.end] for i in range(len(t.plain))]
-
-    assert after.plain == before.plain and styles(after) == styles(before)
-    assert len(after.spans) == 4 < len(before.spans)

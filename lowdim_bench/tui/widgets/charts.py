@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from rich.text import Span, Text
+from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from .. import chartdata as cd
@@ -63,7 +63,7 @@ class Chart(PlotextPlot):
             out = Text(f"{self.title}: too small to draw ({self.size.width}×{self.size.height})", style="dim")
         else:
             try:
-                out = merged(super().render())
+                out = super().render()
             except Exception as e:  # a plotting library bug must not close the app
                 out = Text(f"{self.title}: cannot draw at {self.size.width}×{self.size.height} ({type(e).__name__})",
                            style="dim")
@@ -76,21 +76,6 @@ class Chart(PlotextPlot):
     def key(self, name: str, color: tuple[int, int, int], marker: str = DOT) -> None:
         self.legend.append(f"{marker} ", style=cd.rgb(color))
         self.legend.append(f"{name}   ")
-
-
-def merged(text: Text) -> Text:
-    """The same text with each run of equally styled characters as one span. plotext styles
-    every character on its own, so a chart was thousands of spans, which every repaint of the
-    chart (each switch to its tab) cut and joined one by one."""
-    spans: list[Span] = []
-    for span in sorted(text.spans, key=lambda s: s.start):
-        last = spans[-1] if spans else None
-        if last is not None and last.end == span.start and last.style == span.style:
-            spans[-1] = Span(last.start, span.end, last.style)
-        else:
-            spans.append(span)
-    text.spans = spans
-    return text
 
 
 def axis(plt, which: str, ticks: tuple[list[float], list[str]], lo: float, hi: float, pad: float = 0.0) -> None:

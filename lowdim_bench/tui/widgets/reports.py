@@ -10,9 +10,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from .. import model
+from .steady_table import SteadyTable
 
 
-class RunsTable(DataTable):
+class RunsTable(SteadyTable):
     BINDINGS = [Binding("space", "mark", "Mark", show=False), Binding("o", "open", "Open", show=False),
                 Binding("d", "compare", "Compare", show=False), Binding("R", "reload", "Reload", show=False)]
     # not in the footer (the heading line lists them): a footer that changes with the tab recomposes
@@ -39,6 +40,7 @@ class RunsTable(DataTable):
         self.add_column("A/B", key="mark", width=3)  # a fixed width: an empty column would hide the marks
         for h in ("run id", "in", "suite", "date", "device", "cells", "failed", "status"):
             self.add_column(h, key=h)
+        self.post_message(self.Reload())  # the list, now that there is a table to show it in
 
     def set_runs(self, runs: list[model.RunInfo]) -> None:
         if [(r.run_id, r.done, r.failed, r.status, r.total) for r in runs] == \

@@ -13,12 +13,14 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from .steady_table import SteadyTable
+
 from .. import table as tb
 
 LEFT = {"mark", "task", "kind", "method", "size", "status"}
 
 
-class ResultsTable(DataTable):
+class ResultsTable(SteadyTable):
     BINDINGS = [
         Binding("s", "sort_next", "Sort", show=False),  # shown in the filter line: a steady footer
         Binding("S", "sort_flip", "Flip sort", show=False),
