@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from textual.css.query import NoMatches
 from textual.widgets import TabbedContent
 
 from helpers import SLOW, TINY, fixed_registry, fixed_run, write
@@ -27,11 +28,20 @@ SIZE = (150, 45)
 
 
 async def until(pilot, cond, timeout: float = 90.0, what: str = "") -> None:
+    """Wait for cond(); a widget it asks for may not be mounted yet (the tabs but Setup are filled
+    after the first frame)."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not _holds(cond):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or cond}")
         await pilot.pause(0.05)
+
+
+def _holds(cond) -> bool:
+    try:
+        return bool(cond())
+    except NoMatches:
+        return False
 
 
 async def ready(app, pilot) -> None:
@@ -58,7 +68,8 @@ def test_complete_run_fills_table_and_charts(tmp_path, fake_plugins):
             await pilot.press("backspace", "2")
             await pilot.press("f5")
             await until(pilot, lambda: app.session is not None and not app.running, 240, "the run")
-            await pilot.pause(0.3)
+            app.results_table()  # the Run tab is in view: the live rows wait for the Results tab
+            await pilot.pause(0.4)  # the charts follow the rows 150 ms later
             check_complete_run(app)
 
     asyncio.run(go())

@@ -140,8 +140,8 @@ def test_reports_refresh_by_themselves_and_marks_show_at_once(tmp_path, fake_plu
 
     async def go():
         async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: app.query_one(RunsTable).runs, 30, "the reports list")
             runs = app.query_one(RunsTable)
-            await until(pilot, lambda: runs.runs, 30, "the reports list")
             await pilot.press("4")
             runs.focus()
             assert runs.get_row_at(0)[6] == "16/16"  # the interleave pseudo-cell is not a cell

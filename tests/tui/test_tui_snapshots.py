@@ -31,10 +31,16 @@ def app_factory(tmp_path, fake_plugins, monkeypatch):
     return lambda: LowdimApp([suite], reports, registry_factory=fixed_registry, devices=[])
 
 
+def _listed(app) -> int:
+    """Runs in the reports list (its tab is filled after the first frame)."""
+    found = app.query(RunsTable)
+    return len(found.first().runs) if found else 0
+
+
 async def _settled(pilot) -> None:
     app = pilot.app
     deadline = time.monotonic() + 60
-    while app.catalog is None or app.suite is None or len(app.query_one(RunsTable).runs) < 3:
+    while app.catalog is None or app.suite is None or _listed(app) < 3:
         assert time.monotonic() < deadline, "app did not load"
         await pilot.pause(0.05)
     await pilot.pause(0.1)

@@ -6,12 +6,15 @@ line. Re-rendering the results table of a smoke report took 70 ms of each switch
 tab on this 2-core machine (most of the switch). Those caches are already keyed by the table's
 pseudo-class state (focus, hover), so the cells rendered for "focused" and for "blurred" can both
 stay. They are dropped only when the table's look in that state changed (a theme, the CSS): its
-own rules or those of its component classes differ from the last time it was in that state.
+own rules or those of its component classes differ from the last time it was in that state. For
+the same reason a Resize to the size the table already had keeps them.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from textual import events
+from textual.geometry import Size
 from textual.widgets import DataTable
 
 
@@ -19,6 +22,15 @@ class SteadyTable(DataTable):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._looks: dict[Any, tuple] = {}  # pseudo-class state -> the look it was last rendered with
+        self._seen_size: Size | None = None
+
+    def _on_resize(self, event: events.Resize) -> None:
+        """A tab switch shows the table again with a Resize to the size it had, and DataTable's
+        handler (which Textual runs after this one) starts every cache key afresh on any Resize:
+        here only a new size gets that far."""
+        if event.size == self._seen_size:
+            event.prevent_default()
+        self._seen_size = event.size
 
     def _look(self) -> tuple:
         """The rules the table renders with: its own and its component classes'."""
