@@ -40,7 +40,8 @@ def _listed(app) -> int:
 async def _settled(pilot) -> None:
     app = pilot.app
     deadline = time.monotonic() + 60
-    while app.catalog is None or app.suite is None or _listed(app) < 3:
+    while app.catalog is None or app.suite is None or _listed(app) < 3 or \
+            "cells" not in str(app.query_one("#estimate").render()):  # the Setup estimate, from past runs
         assert time.monotonic() < deadline, "app did not load"
         await pilot.pause(0.05)
     await pilot.pause(0.1)
