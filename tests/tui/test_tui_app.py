@@ -141,6 +141,9 @@ def test_live_rows_wait_while_the_results_tab_is_hidden(tmp_path, fake_plugins):
             app.post_message(RunUpdated(Update(RunState("running"), [], rows)))
             await pilot.pause(0.2)
             assert table.data is None and app.live_table is rows  # kept, not painted
+            await pilot.press("3", "2")  # flicking through: the rows keep waiting
+            await pilot.pause(0.5)
+            assert table.data is None
             await pilot.press("3")
             await until(pilot, lambda: table.data is rows, 10, "the rows after the switch")
             assert len(table.shown) == len(rows.rows)
