@@ -21,15 +21,13 @@ metric adds the cost at the data's mean length (`example_inputs_at`, `sequence_l
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
-import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +37,8 @@ from lowdim_bench.api import Inputs, Param, PluginError, Quality, Recipe, Task
 from lowdim_bench.hookspecs import hookimpl
 
 from . import _hf_data as data_mod
-from ._hf_model import (POOLINGS, ModelSpec, build_model, cache_root, find_head, load_tokenizer, model_fingerprint,
+from ._hf_cache import file_cached, state_token
+from ._hf_model import (POOLINGS, ModelSpec, build_model, find_head, load_tokenizer, model_fingerprint,
                         resolve_model, st_pooling)
 from ._stdlib_corpus import stdlib_root
 
@@ -73,11 +72,6 @@ class TokenSplit:
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _state_token(model: nn.Module) -> tuple:
-    """Changes when a parameter or buffer is replaced or written in place (autograd's version counter)."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 def fit_probe(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, c: float, max_iter: int) -> None:
@@ -218,11 +212,11 @@ class HfText(Task):
         # overwritten), so it is fitted once: refitted per cell it cost every cell, and the
         # interleaved latency pass (one rebuild per cell), the bulk of their time.
         probe_key = f"{self._features_key()}-c{c:g}-i{max_iter}"
-        probe = self._cached(f"probe-{probe_key}", fit)
+        probe = file_cached(f"probe-{probe_key}", fit)
         with torch.no_grad():
             head.weight.copy_(probe["weight"])
             head.bias.copy_(probe["bias"])
-        self._bases[id(model)] = (weakref.ref(model), f"base-{probe_key}", _state_token(model))
+        self._bases[id(model)] = (weakref.ref(model), f"base-{probe_key}", state_token(model))
         return model
 
     # Outputs of the untouched pretrained model: every cell of a run evaluates it the same way
@@ -236,7 +230,7 @@ class HfText(Task):
 
     def _base_name(self, model: nn.Module) -> str | None:
         ref, name, token = self._bases.get(id(model), (None, None, None))
-        if ref is None or ref() is not model or _state_token(model) != token:
+        if ref is None or ref() is not model or state_token(model) != token:
             return None
         return name
 
@@ -246,33 +240,6 @@ class HfText(Task):
                                           "pooling": self.spec.pooling, "len": self.options["max_length"],
                                           "attn": self.spec.attn_implementation}).encode()).hexdigest()[:20]
 
-    def _cached(self, name: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """A file under LOWDIM_BENCH_CACHE/hf-text/, computed by the first cell that needs it while
-        the others wait on its lock; a torn or stale file is computed again. As the harness's base
-        cache (run/cache.py): a cache that cannot be written costs the caching, never the cell."""
-        folder = cache_root() / "hf-text"
-        path = folder / f"{name}.pt"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            lock = open(folder / f"{name}.lock", "w")
-        except OSError:
-            return compute()
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if path.exists():
-                try:
-                    return torch.load(path, map_location="cpu", weights_only=True)
-                except Exception:
-                    path.unlink(missing_ok=True)
-            out = compute()
-            tmp = path.with_suffix(".tmp")
-            try:
-                torch.save(out, tmp)
-                os.replace(tmp, path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-            return out
-
     def probe_features(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled training-split features of the pretrained model, cached on disk (the encoder is
         fixed, so they depend only on the model, the data, the length and the pooling)."""
@@ -280,7 +247,7 @@ class HfText(Task):
             feats, labels = self.features(model, self.tokens["train"])
             return {"features": feats, "labels": labels}
 
-        saved = self._cached(f"features-{self._features_key()}", compute)
+        saved = file_cached(f"features-{self._features_key()}", compute)
         return saved["features"], saved["labels"]
 
     # ---- data and training ---------------------------------------------------------------------
@@ -329,7 +296,7 @@ class HfText(Task):
             out, labels = self._forward_split(model, split, capture)
             return {"out": out, "labels": labels}
 
-        saved = self._cached(f"{base}-{split.name}-{'features' if capture else 'logits'}", compute)
+        saved = file_cached(f"{base}-{split.name}-{'features' if capture else 'logits'}", compute)
         return saved["out"], saved["labels"]
 
     def _forward_split(self, model: nn.Module, split: TokenSplit, capture: bool) -> tuple[torch.Tensor, torch.Tensor]:
