@@ -63,7 +63,7 @@ def context(start: str | None = None, preload: tuple[str, ...] = ()) -> Any:
     """A multiprocessing context whose processes start the chosen way (a warm server is started now,
     so its imports overlap with whatever the caller does before its first process). `preload`:
     more modules the server imports before it forks (the cells' `Task.preload`/`Method.preload`:
-    transformers alone is 8 s a cell); a server per distinct list."""
+    transformers alone took 5-8 s a cell); a server per distinct list."""
     if start_method(start) == "spawn":
         return mp.get_context("spawn")
     return WarmContext(fingerprint(), tuple(sorted(set(preload))))
@@ -131,7 +131,7 @@ _lock = threading.Lock()
 def server(key: str, preload: tuple[str, ...] = ()) -> forkserver.ForkServer:
     """The running server for a fingerprint and preload list, started when there is none (it then
     imports in the background: the caller's first process waits for it, nothing else does). A
-    preloaded module that fails to import is skipped (the stdlib's rule): the cell imports it."""
+    preloaded module that fails to import is skipped (run/preload.py): the cell imports it itself."""
     key = key + "".join(f"+{m}" for m in preload)
     with _lock:
         srv = _servers.pop(key, None)
