@@ -1,21 +1,21 @@
 """Base models cached per (task, options, stage, seed, task code version, data fingerprint).
 
 Kept outside the repository, in LOWDIM_BENCH_CACHE (default ~/.cache/lowdim-bench). A file lock
-makes parallel workers that need the same base train it once.
+makes parallel workers that need the same base train it once (core/filecache.py).
 """
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
-import os
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..api import Task
+from ..core import filecache
 from ..core.environment import cache_dir
 
 
@@ -34,32 +34,11 @@ def cached_model(task: Task, stage: str, seed: int, task_version: str,
 
     A cache that cannot be written (read-only, full, a file where the folder should be) costs
     the caching, never the cell: the model is built and used uncached, and `notes` says why."""
-    folder = cache_dir() / "base" / task.name
-    key = base_key(task, stage, seed, task_version)
-    path = folder / f"{key}.pt"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / f"{key}.lock", "w")
-    except OSError as e:
-        if notes is not None:
-            notes.append(f"cache {folder} not writable ({e.strerror or e}): base built uncached")
-        return build(), False
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            try:
-                model = copy.deepcopy(like).cpu() if like is not None else task.make_model(seed)
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-                return model, True
-            except Exception:
-                path.unlink(missing_ok=True)  # a torn or stale file: rebuild it
-        model = build()
-        tmp = path.with_suffix(".tmp")
-        try:
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if notes is not None:
-                notes.append(f"cache {path} not written ({e.strerror or e}): the next cell builds it again")
-        return model, False
+    path = cache_dir() / "base" / task.name / f"{base_key(task, stage, seed, task_version)}.pt"
+
+    def load(p: Path) -> nn.Module:
+        model = copy.deepcopy(like).cpu() if like is not None else task.make_model(seed)
+        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+        return model
+
+    return filecache.once(path, build, load, lambda model, p: torch.save(model.state_dict(), p), notes)

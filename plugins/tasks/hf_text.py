@@ -151,6 +151,7 @@ class HfText(Task):
             raise PluginError(f"task 'hf-text': model folder {Path(name).expanduser()} does not exist")
         if o["budget_embeddings"]:
             self.budget_scope = "all parameters (embedding tables included)"
+        self._bases: dict[int, tuple[weakref.ref, str, tuple]] = {}  # pretrained() models: _base_name
 
     # ---- lazily built: model folder, data, tokens ----------------------------------------------
     @functools.cached_property
@@ -224,10 +225,6 @@ class HfText(Task):
     # here, so they are cached beside the probe. "Untouched": this very object, its parameters
     # neither replaced nor written in place (a deep copy, a method's output, a trained model, one
     # moved to another device are computed as usual).
-    @functools.cached_property
-    def _bases(self) -> dict[int, tuple[weakref.ref, str, tuple]]:
-        return {}
-
     def _base_name(self, model: nn.Module) -> str | None:
         ref, name, token = self._bases.get(id(model), (None, None, None))
         if ref is None or ref() is not model or state_token(model) != token:
