@@ -10,8 +10,10 @@ and tmux's screen update, measured from just before `send-keys` to the first cap
 shows it (capture itself takes a few ms, which the figure includes).
 
 Tab switch: during the run, `2` and `3` alternately, from the key to the first capture that shows
-the other tab (the Run tab's ETA line, the Results tab's filter box). Help: F1 to the key list on
-screen, then Escape.
+the other tab (the Run tab's ETA line, the Results tab's filter box): first back to back, then
+each after a pause of 1-2.5 s (when the app collects its garbage). Help: F1 to the key list on
+screen, then Escape. The timed run is the suite with its seeds replaced by `--seeds` of them, so
+that it outlasts the samples; only samples taken while it runs count.
 
     python scripts/bench_tui_latency.py                    # smoke suite, --jobs 2, 150 samples each
     python scripts/bench_tui_latency.py --samples 60 --suite suites/smoke.toml --jobs 2
@@ -24,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -37,11 +42,51 @@ PLACEHOLDER = "filter: words match"
 
 
 class Tmux:
+    """The app's tmux server. Captures and keys go through one control-mode client (`tmux -C`)
+    once `control()` is called: a command written to an open pipe, instead of a new tmux process
+    per capture. Polling by process ran about a process every 3-5 ms while a sample waited, which
+    on 2 cores took CPU from the app it measured (`--spawn` keeps that way, for comparison)."""
+
     def __init__(self, name: str) -> None:
         self.sock = f"lowdim-bench-{name}-{os.getpid()}"
+        self.ctl: subprocess.Popen | None = None
 
     def run(self, *args: str) -> str:
+        if self.ctl is not None:
+            return self.command(*args)
         return subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True).stdout
+
+    def control(self) -> None:
+        """Attach the control client: no pane output sent to it, no say in the window's size."""
+        self.ctl = subprocess.Popen(["tmux", "-L", self.sock, "-C", "attach", "-t", "app", "-f", "no-output,ignore-size"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        token = f"ready-{os.getpid()}"
+        self.send("display-message", "-p", token)
+        while self.block().strip() != token:  # the attach command's own block comes first
+            pass
+
+    def send(self, *args: str) -> None:
+        self.ctl.stdin.write(" ".join(shlex.quote(a) for a in args) + "\n")
+        self.ctl.stdin.flush()
+
+    def command(self, *args: str) -> str:
+        """One command on the control client: its output, tmux's one block for it."""
+        self.send(*args)
+        return self.block()
+
+    def block(self) -> str:
+        """The next output block (%begin ... %end or %error)."""
+        out: list[str] | None = None
+        for line in self.ctl.stdout:
+            if line.startswith("%begin"):
+                out = []
+            elif line.startswith(("%end", "%error")) and out is not None:
+                return "".join(out)
+            elif line.startswith("%exit"):
+                break
+            elif out is not None:
+                out.append(line)
+        raise SystemExit("the tmux control client ended (did the app exit?)")
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "app")
@@ -58,7 +103,10 @@ class Tmux:
                 raise SystemExit(f"timed out waiting for {what}\n{self.screen()}")
 
     def kill(self) -> None:
-        self.run("kill-server")
+        if self.ctl is not None:
+            self.ctl.kill()
+            self.ctl = None
+        subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
 
 
 def start_app(tmux: Tmux, work: Path, suites: list[str], jobs: str = "1", entry: bool = False) -> float:
@@ -93,10 +141,15 @@ def sample(tmux: Tmux, n: int, keep=lambda: True) -> list[float]:
     return out
 
 
-def switches(tmux: Tmux, n: int, keep=lambda: True) -> list[float]:
-    """n tab switches, Run and Results alternately; ms from the key to the other tab on screen."""
+def switches(tmux: Tmux, n: int, keep=lambda: True, pause: tuple[float, float] | None = None) -> list[float]:
+    """n tab switches, Run and Results alternately; ms from the key to the other tab on screen.
+    pause: wait a random time in this range (s) before each switch, as a person who reads the
+    screen does (the app collects garbage when no key came for a second: tui/idle_gc.py)."""
     out = []
+    rng = random.Random(0)
     for i in range(n):
+        if pause:
+            time.sleep(rng.uniform(*pause))
         to_results = i % 2 == 0
         t0 = time.perf_counter()
         tmux.keys("3" if to_results else "2")
@@ -122,13 +175,26 @@ def helps(tmux: Tmux, n: int, keep=lambda: True) -> list[float]:
     return out
 
 
+RAW = False
+
+
 def stats(xs: list[float]) -> str:
     if not xs:
         return "no samples"
+    raw = f"\n  in order: {' '.join(f'{x:.0f}' for x in xs)}" if RAW else ""
     xs = sorted(xs)
     q = lambda p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
     return (f"n={len(xs)} p50={statistics.median(xs):.1f} p90={q(0.9):.1f} p99={q(0.99):.1f} "
-            f"max={xs[-1]:.1f} ms")
+            f"max={xs[-1]:.1f} ms{raw}")
+
+
+def longer_suite(suite: Path, seeds: int, work: Path) -> Path:
+    """A copy of the suite with `seeds` seeds, so that the run lasts past the samples (the smoke
+    suite's 9 cells take ~12 s here, less than the samples). Same name, so the app lists it alike."""
+    text = re.sub(r"(?m)^seeds\s*=.*$", f"seeds = {list(range(seeds))}", suite.read_text())
+    out = work / suite.name
+    out.write_text(text)
+    return out
 
 
 def failed_cells(work: Path) -> list[str]:
@@ -154,7 +220,16 @@ def main() -> None:
     ap.add_argument("--jobs", default="2")
     ap.add_argument("--samples", type=int, default=150)
     ap.add_argument("--startups", type=int, default=3)
+    ap.add_argument("--paused", type=int, default=10, help="tab switches taken after a pause")
+    ap.add_argument("--seeds", type=int, default=12,
+                    help="seeds the timed run uses (the suite's own list is replaced): enough cells that the "
+                         "run outlasts the samples")
+    ap.add_argument("--spawn", action="store_true",
+                    help="poll the screen with a tmux process per capture (the first versions of this script)")
+    ap.add_argument("--raw", action="store_true", help="also print every sample in the order taken")
     args = ap.parse_args()
+    global RAW
+    RAW = args.raw
     if not shutil.which("tmux"):
         raise SystemExit("tmux is needed (apt-get install tmux)")
 
@@ -166,6 +241,8 @@ def main() -> None:
         tmux = Tmux(f"start{i}")
         try:
             t0 = start_app(tmux, work, [], entry=True)
+            if not args.spawn:
+                tmux.control()
             paint.append((tmux.wait_for(lambda s: "Suites" in s, 60, "first paint") - t0) * 1e3)
             ready.append((tmux.wait_for(lambda s: "smoke" in s, 120, "suites listed") - t0) * 1e3)
         finally:
@@ -178,7 +255,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     tmux = Tmux("run")
     try:
-        start_app(tmux, work, [args.suite], args.jobs)
+        start_app(tmux, work, [str(longer_suite(Path(args.suite), args.seeds, work))], args.jobs)
+        if not args.spawn:
+            tmux.control()
         tmux.wait_for(lambda s: "Every built-in method" in s or "smoke" in s, 120, "the suite")
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
@@ -198,6 +277,8 @@ def main() -> None:
         time.sleep(0.5)
         tabs = switches(tmux, args.samples // 2, keep=running)
         print(f"tab switch (2 <-> 3) during the run: {stats(tabs)}")
+        paused = switches(tmux, args.paused, keep=running, pause=(1.0, 2.5))
+        print(f"tab switch after a 1-2.5 s pause, during the run: {stats(paused)}")
         f1 = helps(tmux, max(5, args.samples // 10), keep=running)
         print(f"F1 help during the run: {stats(f1)}")
         if run_status(work) != "running":

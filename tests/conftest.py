@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,17 @@ def _share_the_cores():
 def _isolated_cache(tmp_path_factory):
     """Base models go to a fresh cache, never the user's."""
     os.environ["LOWDIM_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_it_was():
+    """The app tunes the process's garbage collector (tui/idle_gc.py: no automatic full
+    collection, start-up objects frozen); the tests after it in this process get it back."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.set_threshold(*threshold)
+    (gc.enable if enabled else gc.disable)()
+    gc.unfreeze()
 
 
 @pytest.fixture

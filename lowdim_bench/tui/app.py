@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -26,6 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from . import model
 from .commands import AppCommands, palette_commands
+from .idle_gc import IdleCollector
 from .results_actions import ResultsActions
 from .session import RunSession, Update, finish_headless, prepare_processes
 from .widgets.footer import QuietFooter
@@ -33,9 +34,6 @@ from .widgets.setup import SetupPane
 
 TABS = ["tab-setup", "tab-run", "tab-results", "tab-reports"]
 RUNS_POLL_S = 2.0  # the reports list follows runs started or finished elsewhere within this
-# Full collections of the app's live objects took 25-65 ms, several times a minute, each one
-# inside whatever frame it hit (a tab switch, a key): a tenth as many (the defaults: 700, 10, 10).
-GC_THRESHOLDS = (700, 10, 100)
 MAIN_WIDGET = {"tab-setup": "#suites", "tab-run": "#log", "tab-results": "#results-table", "tab-reports": "#runs"}
 
 
@@ -91,6 +89,7 @@ class LowdimApp(ResultsActions, App[int]):
         self._filter_timer: Any = None
         self._chart_timer: Any = None
         self._runs_signature: tuple | None = None
+        self.collector = IdleCollector()
 
     # ---- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -131,8 +130,7 @@ class LowdimApp(ResultsActions, App[int]):
         # widgets triggered collections worth 0.15-0.25 s of the time to first paint. Frozen, the
         # start-up objects are never scanned again.
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        gc.enable()
+        self.collector.start()  # full collections from here on only while no key is waiting (tick)
         self.mount_tabs()  # the reports list loads once its table is mounted (RunsTable.Reload)
         self.load_catalog()
 
@@ -143,6 +141,13 @@ class LowdimApp(ResultsActions, App[int]):
     def tick(self) -> None:
         if self.running:
             self.query_one("#run-panel").refresh_status()
+        if self.catalog is not None:  # not while torch loads: its objects are frozen once loaded
+            self.collector.tick()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.InputEvent):
+            self.collector.input()
+        await super().on_event(event)
 
     # ---- background loading -------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="catalog")

@@ -179,3 +179,33 @@ def test_sorting_shows_its_column_and_the_estimate_shows_before_f5(tmp_path, fak
             assert table.sort_key == "params" and "trainable ▲" in table._headers
 
     asyncio.run(go())
+
+
+def test_typing_a_filter_keeps_the_table_height_so_the_charts_do_not_redraw(tmp_path, fake_plugins):
+    """A filter that hides rows leaves the table as tall as all its rows: the charts below keep
+    their size, so no keystroke makes plotext redraw them at a new size (26 ms a time mid-run)."""
+    grid_run(tmp_path / "reports")
+    app = make_app(tmp_path, write(tmp_path, "tiny.toml", TINY))
+
+    async def go():
+        async with app.run_test(size=(160, 48)) as pilot:
+            await ready(app, pilot)
+            runs = app.query_one(RunsTable)
+            await until(pilot, lambda: runs.runs, 20, "the reports list")
+            app.open_run(runs.runs[0])
+            await until(pilot, lambda: app.view_source != "live", 30, "the report")
+            table, pane = app.query_one(ResultsTable), app.query_one(ChartPane)
+            await pilot.pause(0.3)
+            before = (table.outer_size, pane.region)
+            rows = len(table.shown)
+            app.query_one("#filter").focus()
+            await pilot.press(*"nothing-matches")
+            await until(pilot, lambda: table.filter_text == "nothing-matches", 5, "the filter")
+            await pilot.pause(0.3)
+            assert table.shown == [] and rows > 0
+            assert (table.outer_size, pane.region) == before
+            await pilot.press(*["backspace"] * len("nothing-matches"))
+            await until(pilot, lambda: len(table.shown) == rows, 5, "the rows back")
+            assert (table.outer_size, pane.region) == before
+
+    asyncio.run(go())

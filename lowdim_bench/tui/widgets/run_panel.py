@@ -15,6 +15,7 @@ from textual.strip import Strip
 from textual.widgets import ProgressBar, RichLog, Static
 
 from ..session import LogLine, RunState
+from .cache_drop import drop
 
 STYLES = {"ok": "green", "failed": "bold red", "run": "bold cyan", "info": ""}
 
@@ -34,6 +35,7 @@ class RunLog(RichLog):
     _line_style: Style | None = None
 
     def notify_style_update(self) -> None:
+        drop(self._line_cache)  # freed now, not by a full collection (cache_drop.py)
         super().notify_style_update()
         self._line_style = None
 

@@ -17,12 +17,25 @@ from textual import events
 from textual.geometry import Size
 from textual.widgets import DataTable
 
+from .cache_drop import drop
+
+RENDER_CACHES = ("_row_render_cache", "_cell_render_cache", "_row_renderable_cache", "_line_cache",
+                 "_offset_cache", "_ordered_row_cache")
+
 
 class SteadyTable(DataTable):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._looks: dict[Any, tuple] = {}  # pseudo-class state -> the look it was last rendered with
         self._seen_size: Size | None = None
+
+    def _clear_caches(self) -> None:
+        """DataTable's, with the caches' contents freed now rather than by a full collection
+        (cache_drop.py): each new set of rows or filter empties them."""
+        for name in RENDER_CACHES:
+            if hasattr(self, name):
+                drop(getattr(self, name))
+        super()._clear_caches()
 
     def _on_resize(self, event: events.Resize) -> None:
         """A tab switch shows the table again with a Resize to the size it had, and DataTable's

@@ -1,0 +1,55 @@
+"""Full garbage collections while nobody waits, not inside the frame of a key or a tab switch.
+
+Why: Textual drops its render caches as cyclic garbage (its LRU caches are rings of links that
+hold every rendered strip; each restyle leaves virtual style nodes behind). During a smoke run
+one full collection met ~45-120k live and ~70k dead objects and took 85-200 ms on the 2-core
+development machine, inside whatever frame it hit: it was the slowest tab switch of every bench
+run (docs/app.md, "Measured responsiveness"). So the interpreter's own full collections are off
+(young ones stay) and the app's one-second tick calls `IdleCollector.tick`, which runs one when
+as many young collections have passed as would have triggered it (CPython's default third
+threshold, 10) and no key or mouse event came for IDLE_S; after MAX_DEFER_S it runs regardless,
+so memory stays bounded however busy the user is.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Callable
+
+YOUNG_THRESHOLDS = (700, 10)  # CPython's defaults for the first two generations
+NEVER = 1 << 30  # a third threshold the count never reaches: no automatic full collection
+FULL_AFTER = 2  # young (second-generation) collections since the last full one: something happened
+IDLE_S = 1.0
+MAX_DEFER_S = 30.0
+
+
+class IdleCollector:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last_input = self.last_full = clock()
+        self.collections = 0
+
+    def start(self) -> None:
+        """Hand the full collections to `tick` and switch the collector on (the app keeps it off
+        until its first frame)."""
+        gc.set_threshold(*YOUNG_THRESHOLDS, NEVER)
+        gc.enable()
+
+    def input(self) -> None:
+        self.last_input = self.clock()
+
+    def due(self, pending: int) -> bool:
+        """pending: young collections since the last full one (`gc.get_count()[2]`)."""
+        if pending < FULL_AFTER:
+            return False
+        now = self.clock()
+        return now - self.last_input >= IDLE_S or now - self.last_full >= MAX_DEFER_S
+
+    def tick(self) -> bool:
+        """Collect if due; True when it did."""
+        if not self.due(gc.get_count()[2]):
+            return False
+        gc.collect()
+        self.last_full = self.clock()
+        self.collections += 1
+        return True
