@@ -80,7 +80,9 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lowdim-bench", description="Compare low-dimensional methods on standard suites.")
+    p = argparse.ArgumentParser(prog="lowdim-bench", description="Compare low-dimensional methods on standard suites.",
+                                epilog="With no command it opens the terminal app; `python -m lowdim_bench.tui --help` "
+                                       "lists the app's own options (suite files, --reports, --jobs).")
     p.add_argument("--version", action="version", version=f"lowdim-bench {__version__}")
     p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is an error (CI)")
     sub = p.add_subparsers(dest="command")
