@@ -1,14 +1,15 @@
 """Full garbage collections while nobody waits, not inside the frame of a key or a tab switch.
 
 Why: Textual drops its render caches as cyclic garbage (its LRU caches are rings of links that
-hold every rendered strip; each restyle leaves virtual style nodes behind). During a smoke run
-one full collection met ~45-120k live and ~70k dead objects and took 85-200 ms on the 2-core
-development machine, inside whatever frame it hit: it was the slowest tab switch of every bench
-run (docs/app.md, "Measured responsiveness"). So the interpreter's own full collections are off
-(young ones stay) and the app's one-second tick calls `IdleCollector.tick`, which runs one when
-as many young collections have passed as would have triggered it (CPython's default third
-threshold, 10) and no key or mouse event came for IDLE_S; after MAX_DEFER_S it runs regardless,
-so memory stays bounded however busy the user is.
+hold every rendered strip; each restyle of a widget leaves a virtual style node of ~150 objects
+per component class behind, nine for a table). During a smoke run one full collection met
+~45-120k live and ~70-110k dead objects and took 85-315 ms on the 2-core development machine,
+inside whatever frame it hit: it was the slowest tab switch of every bench run (docs/app.md,
+"Measured responsiveness"). So the interpreter's own full collections are off (young ones stay),
+and the app's one-second tick calls `IdleCollector.tick`, which runs one once two young
+collections have passed since the last (the app did something) and no key or mouse event came for
+IDLE_S. Collected at each pause, the garbage stays small; after MAX_DEFER_S without a pause it
+runs regardless, so memory stays bounded.
 """
 from __future__ import annotations
 

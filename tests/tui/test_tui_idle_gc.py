@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 
-
 from lowdim_bench.tui import idle_gc
 from lowdim_bench.tui.idle_gc import FULL_AFTER, IDLE_S, MAX_DEFER_S, IdleCollector
 

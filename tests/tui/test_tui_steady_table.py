@@ -3,6 +3,7 @@ focus state still renders exactly as a plain DataTable does, and a theme change 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from textual.app import App
 from textual.widgets import DataTable, Input
@@ -66,10 +67,8 @@ def test_a_focus_change_keeps_the_cells_and_each_state_renders_like_a_plain_tabl
 def test_emptying_the_table_frees_its_rendered_cells_without_the_cyclic_collector():
     """Textual's LRU caches keep a ring of links; SteadyTable cuts it when it empties them, so a
     new set of rows leaves its old rendered cells to reference counting, not to a full collection
-    (85-230 ms mid-run). A plain DataTable is the reference: its clear leaves a ring behind. (What
+    (85-315 ms mid-run). A plain DataTable is the reference: its clear leaves a ring behind. (What
     stays cyclic is Textual's Strip, which caches itself: ~200 objects here against ~940.)"""
-    import gc
-
     app = Pair()
     left = {}
 
