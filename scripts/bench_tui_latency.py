@@ -60,32 +60,30 @@ class Tmux:
         """Attach the control client: no pane output sent to it, no say in the window's size."""
         self.ctl = subprocess.Popen(["tmux", "-L", self.sock, "-C", "attach", "-t", "app", "-f", "no-output,ignore-size"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        token = f"ready-{os.getpid()}"
-        self.send("display-message", "-p", token)
-        while self.block().strip() != token:  # the attach command's own block comes first
-            pass
-
-    def send(self, *args: str) -> None:
-        self.ctl.stdin.write(" ".join(shlex.quote(a) for a in args) + "\n")
-        self.ctl.stdin.flush()
+        self.sent = 0
 
     def command(self, *args: str) -> str:
-        """One command on the control client: its output, tmux's one block for it."""
-        self.send(*args)
-        return self.block()
-
-    def block(self) -> str:
-        """The next output block (%begin ... %end or %error)."""
-        out: list[str] | None = None
+        """One command on the control client, and its output. tmux answers each command with a
+        %begin ... %end block (flags 1: this client's), and makes blocks of its own (the attach's,
+        flags 0) that can come late; each command is followed by a numbered echo, and its output
+        is this client's block just before the echo's."""
+        self.sent += 1
+        token = f"lowdim-bench-{self.sent}"
+        self.ctl.stdin.write(" ".join(shlex.quote(a) for a in args) + f" ; display-message -p {token}\n")
+        self.ctl.stdin.flush()
+        last, block = "", None
         for line in self.ctl.stdout:
             if line.startswith("%begin"):
-                out = []
-            elif line.startswith(("%end", "%error")) and out is not None:
-                return "".join(out)
+                block = [] if line.split()[-1] == "1" else None
+            elif line.startswith(("%end", "%error")) and block is not None:
+                text, block = "".join(block), None
+                if text.strip() == token:
+                    return last
+                last = text
             elif line.startswith("%exit"):
                 break
-            elif out is not None:
-                out.append(line)
+            elif block is not None:
+                block.append(line)
         raise SystemExit("the tmux control client ended (did the app exit?)")
 
     def screen(self) -> str:
@@ -147,15 +145,16 @@ def switches(tmux: Tmux, n: int, keep=lambda: True, pause: tuple[float, float] |
     screen does (the app collects garbage when no key came for a second: tui/idle_gc.py)."""
     out = []
     rng = random.Random(0)
-    for i in range(n):
+    to_results = PLACEHOLDER not in tmux.screen()  # each sample a real switch, the first one too
+    for _ in range(n):
         if pause:
             time.sleep(rng.uniform(*pause))
-        to_results = i % 2 == 0
         t0 = time.perf_counter()
         tmux.keys("3" if to_results else "2")
         t1 = tmux.wait_for(lambda s: (PLACEHOLDER in s) if to_results else ("ETA" in s), 20, "the tab")
         if keep():
             out.append((t1 - t0) * 1e3)
+        to_results = not to_results
         time.sleep(0.05)
     return out
 
@@ -261,7 +260,7 @@ def main() -> None:
         tmux.wait_for(lambda s: "Every built-in method" in s or "smoke" in s, 120, "the suite")
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
-        idle = sample(tmux, args.samples)
+        idle = sample(tmux, args.samples + args.samples % 2)  # even: the box ends empty
         print(f"input-to-update idle: {stats(idle)}")
         tmux.keys("F5")
         tmux.wait_for(lambda s: "running" in s, 60, "the run to start")
@@ -271,7 +270,7 @@ def main() -> None:
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
         running = lambda: run_status(work) == "running"
-        busy = sample(tmux, args.samples, keep=running)
+        busy = sample(tmux, args.samples + args.samples % 2, keep=running)
         print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy)}")
         tmux.keys("Escape")  # leave the filter box; alone, or the terminal reads Escape+2 as one key
         time.sleep(0.5)

@@ -6,10 +6,11 @@ per component class behind, nine for a table). During a smoke run one full colle
 ~45-120k live and ~70-110k dead objects and took 85-315 ms on the 2-core development machine,
 inside whatever frame it hit: it was the slowest tab switch of every bench run (docs/app.md,
 "Measured responsiveness"). So the interpreter's own full collections are off (young ones stay),
-and the app's one-second tick calls `IdleCollector.tick`, which runs one once two young
-collections have passed since the last (the app did something) and no key or mouse event came for
-IDLE_S. Collected at each pause, the garbage stays small; after MAX_DEFER_S without a pause it
-runs regardless, so memory stays bounded.
+and the app's one-second tick calls `IdleCollector.tick`, which runs one when no key or mouse event
+came for IDLE_S, as many young collections have passed as would have triggered one (CPython's
+default, 10) and the last is MIN_GAP_S ago. Even then a collection takes 50-100 ms mid-run (the
+live objects, ~55k, cost more than the garbage), so the gap keeps the odds that a key lands in one
+low. After MAX_DEFER_S without a pause it runs regardless, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from typing import Callable
 
 YOUNG_THRESHOLDS = (700, 10)  # CPython's defaults for the first two generations
 NEVER = 1 << 30  # a third threshold the count never reaches: no automatic full collection
-FULL_AFTER = 2  # young (second-generation) collections since the last full one: something happened
+FULL_AFTER = 10  # young (second-generation) collections since the last full one: CPython's default
 IDLE_S = 1.0
+MIN_GAP_S = 10.0
 MAX_DEFER_S = 30.0
 
 
@@ -44,7 +46,8 @@ class IdleCollector:
         if pending < FULL_AFTER:
             return False
         now = self.clock()
-        return now - self.last_input >= IDLE_S or now - self.last_full >= MAX_DEFER_S
+        since_full = now - self.last_full
+        return (now - self.last_input >= IDLE_S and since_full >= MIN_GAP_S) or since_full >= MAX_DEFER_S
 
     def tick(self) -> bool:
         """Collect if due; True when it did."""

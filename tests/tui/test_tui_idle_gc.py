@@ -6,7 +6,7 @@ import asyncio
 import gc
 
 from lowdim_bench.tui import idle_gc
-from lowdim_bench.tui.idle_gc import FULL_AFTER, IDLE_S, MAX_DEFER_S, IdleCollector
+from lowdim_bench.tui.idle_gc import FULL_AFTER, IDLE_S, MAX_DEFER_S, MIN_GAP_S, IdleCollector
 
 from helpers import TINY, write
 from test_tui_app import make_app, ready
@@ -25,6 +25,8 @@ def test_due_only_when_idle_and_enough_young_collections_passed_or_after_the_lon
     c = IdleCollector(clock)
     assert not c.due(FULL_AFTER)  # input "just now" (start)
     clock.t += IDLE_S
+    assert not c.due(FULL_AFTER)  # idle, but the last full collection (start) is too recent
+    clock.t += MIN_GAP_S
     assert c.due(FULL_AFTER) and not c.due(FULL_AFTER - 1)
     c.input()
     assert not c.due(FULL_AFTER)  # someone is typing
@@ -43,7 +45,7 @@ def test_start_turns_off_the_automatic_full_collection_and_tick_collects(monkeyp
     assert gc.isenabled() and gc.get_threshold() == (*idle_gc.YOUNG_THRESHOLDS, idle_gc.NEVER)
     monkeypatch.setattr(idle_gc.gc, "get_count", lambda: (0, 0, FULL_AFTER))
     assert not c.tick() and collected == []
-    clock.t += IDLE_S
+    clock.t += max(IDLE_S, MIN_GAP_S)
     assert c.tick() and len(collected) == 1 and c.last_full == clock.t
 
 
