@@ -50,6 +50,7 @@ class Tmux:
     def __init__(self, name: str) -> None:
         self.sock = f"lowdim-bench-{name}-{os.getpid()}"
         self.ctl: subprocess.Popen | None = None
+        self.sent = 0  # commands sent on the control client (numbers its echoes)
 
     def run(self, *args: str) -> str:
         if self.ctl is not None:
@@ -60,7 +61,6 @@ class Tmux:
         """Attach the control client: no pane output sent to it, no say in the window's size."""
         self.ctl = subprocess.Popen(["tmux", "-L", self.sock, "-C", "attach", "-t", "app", "-f", "no-output,ignore-size"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.sent = 0
 
     def command(self, *args: str) -> str:
         """One command on the control client, and its output. tmux answers each command with a
@@ -174,17 +174,15 @@ def helps(tmux: Tmux, n: int, keep=lambda: True) -> list[float]:
     return out
 
 
-RAW = False
-
-
-def stats(xs: list[float]) -> str:
+def stats(xs: list[float], raw: bool = False) -> str:
+    """Percentiles; raw: every sample too, in the order taken."""
     if not xs:
         return "no samples"
-    raw = f"\n  in order: {' '.join(f'{x:.0f}' for x in xs)}" if RAW else ""
+    order = f"\n  in order: {' '.join(f'{x:.0f}' for x in xs)}" if raw else ""
     xs = sorted(xs)
     q = lambda p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
     return (f"n={len(xs)} p50={statistics.median(xs):.1f} p90={q(0.9):.1f} p99={q(0.99):.1f} "
-            f"max={xs[-1]:.1f} ms{raw}")
+            f"max={xs[-1]:.1f} ms{order}")
 
 
 def longer_suite(suite: Path, seeds: int, work: Path) -> Path:
@@ -227,8 +225,6 @@ def main() -> None:
                     help="poll the screen with a tmux process per capture (the first versions of this script)")
     ap.add_argument("--raw", action="store_true", help="also print every sample in the order taken")
     args = ap.parse_args()
-    global RAW
-    RAW = args.raw
     if not shutil.which("tmux"):
         raise SystemExit("tmux is needed (apt-get install tmux)")
 
@@ -248,8 +244,8 @@ def main() -> None:
             tmux.kill()
             shutil.rmtree(work, ignore_errors=True)
     if args.startups:
-        print(f"startup to first paint (lowdim-bench): {stats(paint)}")
-        print(f"startup to plugins loaded (suites listed): {stats(ready)}")
+        print(f"startup to first paint (lowdim-bench): {stats(paint, args.raw)}")
+        print(f"startup to plugins loaded (suites listed): {stats(ready, args.raw)}")
 
     work = Path(tempfile.mkdtemp())
     tmux = Tmux("run")
@@ -261,7 +257,7 @@ def main() -> None:
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
         idle = sample(tmux, args.samples + args.samples % 2)  # even: the box ends empty
-        print(f"input-to-update idle: {stats(idle)}")
+        print(f"input-to-update idle: {stats(idle, args.raw)}")
         tmux.keys("F5")
         tmux.wait_for(lambda s: "running" in s, 60, "the run to start")
         while run_status(work) != "running":
@@ -271,15 +267,15 @@ def main() -> None:
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
         running = lambda: run_status(work) == "running"
         busy = sample(tmux, args.samples + args.samples % 2, keep=running)
-        print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy)}")
+        print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy, args.raw)}")
         tmux.keys("Escape")  # leave the filter box; alone, or the terminal reads Escape+2 as one key
         time.sleep(0.5)
         tabs = switches(tmux, args.samples // 2, keep=running)
-        print(f"tab switch (2 <-> 3) during the run: {stats(tabs)}")
+        print(f"tab switch (2 <-> 3) during the run: {stats(tabs, args.raw)}")
         paused = switches(tmux, args.paused, keep=running, pause=(1.0, 2.5))
-        print(f"tab switch after a 1-2.5 s pause, during the run: {stats(paused)}")
+        print(f"tab switch after a 1-2.5 s pause, during the run: {stats(paused, args.raw)}")
         f1 = helps(tmux, max(5, args.samples // 10), keep=running)
-        print(f"F1 help during the run: {stats(f1)}")
+        print(f"F1 help during the run: {stats(f1, args.raw)}")
         if run_status(work) != "running":
             print("note: the run ended before the samples did; only samples taken while it ran are counted")
         tmux.keys("F6")
