@@ -12,7 +12,7 @@ import pytest
 from textual.app import App
 from textual.widgets import TabbedContent
 
-from helpers import TINY, fixed_registry, fixed_run, grid_records, grid_run, write
+from helpers import TINY, fixed_run, grid_records, grid_run, write
 from lowdim_bench.tui import app as app_module
 from lowdim_bench.tui import model
 from lowdim_bench.tui.app import LowdimApp, RunUpdated

@@ -6,7 +6,6 @@ Update after an intended change: `python -m pytest tests/tui/test_tui_snapshots.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
