@@ -183,7 +183,8 @@ def test_sorting_shows_its_column_and_the_estimate_shows_before_f5(tmp_path, fak
 
 def test_typing_a_filter_keeps_the_table_height_so_the_charts_do_not_redraw(tmp_path, fake_plugins):
     """A filter that hides rows leaves the table as tall as all its rows: the charts below keep
-    their size, so no keystroke makes plotext redraw them at a new size (26 ms a time mid-run)."""
+    their size, so no keystroke makes plotext redraw them at a new size (26 ms a time mid-run,
+    profiled)."""
     grid_run(tmp_path / "reports")
     app = make_app(tmp_path, write(tmp_path, "tiny.toml", TINY))
 

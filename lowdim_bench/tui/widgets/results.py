@@ -89,7 +89,7 @@ class ResultsTable(SteadyTable):
         self.shown = rows
         # As tall as all the data's rows while a filter hides some (the CSS caps it at half the tab):
         # otherwise every keystroke in the filter resized the charts below, and plotext redrew
-        # them, 26 ms a time (traced during a run), right when the next key came.
+        # them, 26 ms a time under the profiler, mid-run, right when the next key came.
         self.styles.min_height = len(data.rows) + self.header_height + self.scrollbar_size_horizontal
         self.can_focus = bool(rows)  # an empty table shows nothing: Tab passes it by
         if keep is not None:
