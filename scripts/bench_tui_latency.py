@@ -188,7 +188,10 @@ def stats(xs: list[float], raw: bool = False) -> str:
 def longer_suite(suite: Path, seeds: int, work: Path) -> Path:
     """A copy of the suite with `seeds` seeds, so that the run lasts past the samples (the smoke
     suite's 9 cells take ~12 s here, less than the samples). Same name, so the app lists it alike."""
-    text = re.sub(r"(?m)^seeds\s*=.*$", f"seeds = {list(range(seeds))}", suite.read_text())
+    line = f"seeds = {list(range(seeds))}"
+    text, found = re.subn(r"(?m)^seeds\s*=.*$", line, suite.read_text())
+    if not found:  # the suite relies on the default seeds: a top-level key goes before any table
+        text = f"{line}\n{text}"
     out = work / suite.name
     out.write_text(text)
     return out
@@ -256,7 +259,8 @@ def main() -> None:
         tmux.wait_for(lambda s: "Every built-in method" in s or "smoke" in s, 120, "the suite")
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
-        idle = sample(tmux, args.samples + args.samples % 2)  # even: the box ends empty
+        keys = args.samples + args.samples % 2  # even: the filter box ends empty, as the tab switches need
+        idle = sample(tmux, keys)
         print(f"input-to-update idle: {stats(idle, args.raw)}")
         tmux.keys("F5")
         tmux.wait_for(lambda s: "running" in s, 60, "the run to start")
@@ -266,7 +270,7 @@ def main() -> None:
         tmux.keys("/")
         tmux.wait_for(lambda s: PLACEHOLDER in s, 10, "the results tab")
         running = lambda: run_status(work) == "running"
-        busy = sample(tmux, args.samples + args.samples % 2, keep=running)
+        busy = sample(tmux, keys, keep=running)
         print(f"input-to-update during a run ({Path(args.suite).name}, jobs {args.jobs}): {stats(busy, args.raw)}")
         tmux.keys("Escape")  # leave the filter box; alone, or the terminal reads Escape+2 as one key
         time.sleep(0.5)

@@ -8,9 +8,9 @@ inside whatever frame it hit: it was the slowest tab switch of every bench run (
 "Measured responsiveness"). So the interpreter's own full collections are off (young ones stay),
 and the app's one-second tick calls `IdleCollector.tick`, which runs one when no key or mouse event
 came for IDLE_S, as many young collections have passed as would have triggered one (CPython's
-default, 10) and the last is MIN_GAP_S ago. Even then a collection takes 50-100 ms mid-run (the
-live objects, ~55k, cost more than the garbage), so the gap keeps the odds that a key lands in one
-low. After MAX_DEFER_S without a pause it runs regardless, so memory stays bounded.
+default, 10) and the last is MIN_GAP_S ago. Even then a collection takes 50-140 ms mid-run (the
+live objects, ~55k, cost more than the garbage; traced), so the gap keeps the odds that a key lands
+in one low. After MAX_DEFER_S without a pause it runs regardless, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ class IdleCollector:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.last_input = self.last_full = clock()
-        self.collections = 0
 
     def start(self) -> None:
         """Hand the full collections to `tick` and switch the collector on (the app keeps it off
@@ -55,5 +54,4 @@ class IdleCollector:
             return False
         gc.collect()
         self.last_full = self.clock()
-        self.collections += 1
         return True

@@ -2,9 +2,10 @@
 
 Why: an LRUCache keeps its entries in a ring of [prev, next, key, value] lists; its `clear()`
 drops the dict and the head but leaves the ring, so every strip and segment the cache held
-becomes cyclic garbage that only a full collection frees. Mid-run the app's tables and log left
-~100k objects that way between two full collections, and each collection took 85-315 ms on the
-2-core development machine (tui/idle_gc.py). Cutting the links first frees each entry as it goes.
+becomes cyclic garbage that only a full collection frees. With the Results tab open during a run,
+the table is emptied at every finished cell: traced over 40 s of the smoke suite (12 seeds, jobs 2),
+the app's full collections met 8k, 15k, 27k and 38k dead objects without this (growing with the
+table) and 9-11k with it. Cutting the links first frees each entry as it goes.
 """
 from __future__ import annotations
 
